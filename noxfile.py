@@ -55,3 +55,10 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on src/musicbot."""
     _install(session, "typecheck")
     session.run("mypy", "--strict", "src/musicbot")
+
+
+@nox.session(python=_first_available_python())
+def demo(session: nox.Session) -> None:
+    """The offline demo against the loopback Discord (`-- --json`, `-- --scenario FILE`)."""
+    session.install("-e", ".[loopback]")
+    session.run("musicbot", "demo", *session.posargs)

@@ -18,6 +18,7 @@ class ReferenceCache:
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self.items: list[tuple[str, int, float]] = []  # (key, value, expires_at), LRU first
+        self.set_order: list[str] = []  # keys in the order of their last set: expiry order
         self.hits = self.misses = self.evictions = self.expirations = 0
 
     def _find(self, key: str) -> int | None:
@@ -30,6 +31,7 @@ class ReferenceCache:
             return None
         k, value, expires_at = self.items.pop(i)
         if now >= expires_at:
+            self._forget(k)
             self.misses += 1
             self.expirations += 1
             return None
@@ -42,20 +44,29 @@ class ReferenceCache:
         if i is not None:
             self.items.pop(i)
         self.items.append((key, value, now + TTL))
+        self._forget(key)
+        self.set_order.append(key)
         while len(self.items) > self.max_size:
-            soonest = min(range(len(self.items)), key=lambda j: self.items[j][2])
+            # Of entries that expire at the same moment, the one set first goes first.
+            soonest = self._find(self.set_order[0])
+            assert soonest is not None
             if self.items[soonest][2] <= now:
-                self.items.pop(soonest)
+                self._forget(self.items.pop(soonest)[0])
                 self.expirations += 1
             else:
-                self.items.pop(0)
+                self._forget(self.items.pop(0)[0])
                 self.evictions += 1
+
+    def _forget(self, key: str) -> None:
+        if key in self.set_order:
+            self.set_order.remove(key)
 
     def pop(self, key: str, now: float) -> int | None:
         i = self._find(key)
         if i is None:
             return None
         _, value, expires_at = self.items.pop(i)
+        self._forget(key)
         if now >= expires_at:
             self.expirations += 1
             return None
@@ -68,6 +79,7 @@ class ReferenceCache:
     def purge(self, now: float) -> int:
         before = len(self.items)
         self.items = [item for item in self.items if item[2] > now]
+        self.set_order = [k for k in self.set_order if self._find(k) is not None]
         removed = before - len(self.items)
         self.expirations += removed
         return removed

@@ -366,3 +366,18 @@ async def test_nonsense_limits_are_refused(options: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
         async with rig.supervisor(**options):
             pass
+
+
+async def test_leave_waits_until_the_voice_is_gone(autojump_clock: Clock) -> None:
+    rig = Rig()
+    async with rig.supervisor() as supervisor:
+        assert await supervisor.leave(1) is False
+        await supervisor.get_player(1)
+        rig.voice(1).hang_on_disconnect = True
+        asked_at = trio.current_time()
+        assert await supervisor.leave(1) is True
+        assert trio.current_time() - asked_at == pytest.approx(DISCONNECT_TIMEOUT)
+        assert supervisor.statistics().active == 0
+        assert rig.voice(1).disconnects == 1
+        ended = [e for e in rig.events if isinstance(e, PlayerEnded)]
+        assert [(e.guild_id, e.reason) for e in ended] == [(1, EndReason.LEFT)]

@@ -7,6 +7,7 @@ before the `async with` exits: nothing a player owns can outlive the supervisor.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ import attrs
 import trio
 
 from musicbot.core.cache import CacheStatistics, LRUCache
-from musicbot.core.mailbox import Inbox, InboxReceiver, ask, close_inbox
+from musicbot.core.mailbox import ActorGone, Inbox, InboxReceiver, ask, close_inbox
 from musicbot.core.messages import (
     EndReason,
     Enqueue,
@@ -232,6 +233,16 @@ class ResourceSupervisor:
         if child is None or child.closing or not child.ready.is_set():
             return None
         return child.handle
+
+    async def leave(self, guild_id: int) -> bool:
+        """End the guild's player and wait until its voice is gone; False if it had none."""
+        child = self._children.get(guild_id)
+        if child is None:
+            return False
+        with contextlib.suppress(ActorGone):  # it was on its way out already
+            await child.handle.leave()
+        await child.finished.wait()
+        return True
 
     async def resolve(self, query: str) -> Resolved:
         """Tracks for `query`, from the cache when a fresh answer is there."""

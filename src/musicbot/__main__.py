@@ -1,0 +1,5 @@
+import sys
+
+from musicbot.cli import main
+
+sys.exit(main())

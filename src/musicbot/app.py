@@ -1,0 +1,73 @@
+"""The composition root: trio.run > trio-asyncio loop > supervisor > bot, nested by lifetime.
+
+The supervisor is entered before the bot connects and left after it disconnects, so no player
+(voice connection, ffmpeg process) can outlive the bot, and none can start before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+import trio_asyncio
+
+from musicbot.audio.command import FfmpegSettings
+from musicbot.audio.ffmpeg import FfmpegSource
+from musicbot.config import Settings
+from musicbot.core.cache import LRUCache
+from musicbot.core.messages import Resolved
+from musicbot.core.supervisor import ResourceSupervisor, open_supervisor
+from musicbot.dpy.announcer import Announcer
+from musicbot.dpy.bot import MusicBot, open_bot
+from musicbot.dpy.voice import DiscordVoices
+from musicbot.sources.direct import DirectResolver
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class App:
+    settings: Settings
+    supervisor: ResourceSupervisor
+    bot: MusicBot
+
+
+@asynccontextmanager
+async def open_app(settings: Settings) -> AsyncIterator[App]:
+    """The running bot and its supervisor. Needs a running trio-asyncio loop."""
+    voices = DiscordVoices()
+    announcer = Announcer()
+    cache: LRUCache[str, Resolved] = LRUCache(
+        max_size=settings.track_cache_size, ttl=settings.track_cache_ttl, clock=trio.current_time
+    )
+    frame_source = FfmpegSource(
+        FfmpegSettings(executable=settings.ffmpeg_path, bitrate_kbps=settings.opus_bitrate)
+    )
+    async with (
+        open_supervisor(
+            make_voice=voices,
+            frame_source=frame_source,
+            resolver=DirectResolver(),
+            cache=cache,
+            max_connections=settings.max_connections,
+            idle_timeout=settings.idle_timeout,
+            cleanup_interval=settings.cleanup_interval,
+            on_event=announcer.on_event,
+        ) as supervisor,
+        open_bot(settings, supervisor, announcer) as bot,
+    ):
+        voices.client = bot
+        yield App(settings, supervisor, bot)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the bot until SIGINT or SIGTERM; then shut down cleanly."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio_asyncio.open_loop(), open_app(settings):
+            async for signum in signals:
+                log.info("%s received: shutting down", signal.Signals(signum).name)
+                break

@@ -1,0 +1,91 @@
+"""`musicbot run | demo | check-config`: one clear line and a non-zero exit for every startup
+problem, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from musicbot.config import TOKEN_ENV, ConfigError, load_settings
+
+EXIT_USAGE = 2
+"""Exit status for a problem the operator must fix first (configuration, token)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="musicbot", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the bot against Discord")
+    run.add_argument("--config", metavar="FILE", help="a TOML settings file")
+
+    demo = commands.add_parser(
+        "demo", help="run the bot offline against the loopback Discord with simulated users"
+    )
+    demo.add_argument("--scenario", metavar="FILE", help="a JSON scenario (see docs/demo.md)")
+    demo.add_argument("--json", action="store_true", help="print the transcript as JSON")
+    demo.add_argument("--verbose", action="store_true", help="show the bot's log too")
+
+    check = commands.add_parser("check-config", help="validate settings and print them")
+    check.add_argument("--config", metavar="FILE", help="a TOML settings file")
+    return parser
+
+
+def _fail(message: str, status: int = EXIT_USAGE) -> int:
+    print(f"musicbot: {message}", file=sys.stderr)
+    return status
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_command(config: str | None) -> int:
+    settings = load_settings(config)
+    if not settings.token:
+        return _fail(
+            f"no bot token: set {TOKEN_ENV}=<token> in the environment "
+            "(or `token` in the config file), or try `musicbot demo` to run offline"
+        )
+    _configure_logging(settings.log_level)
+    import trio
+
+    from musicbot.app import serve
+
+    trio.run(serve, settings)
+    return 0
+
+
+def check_config_command(config: str | None) -> int:
+    settings = load_settings(config)
+    print(json.dumps(settings.masked(), indent=2, default=list, ensure_ascii=False))
+    if not settings.token:
+        print(f"note: no token set; `musicbot run` needs {TOKEN_ENV}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return run_command(args.config)
+        if args.command == "check-config":
+            return check_config_command(args.config)
+        from musicbot.demo import demo_command
+
+        return demo_command(args.scenario, as_json=args.json, verbose=args.verbose)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

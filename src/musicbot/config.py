@@ -1,0 +1,151 @@
+"""Settings: one frozen value, read from a TOML file and the environment.
+
+Precedence, lowest first: defaults, the TOML file, environment variables (`MUSICBOT_<NAME>`, and
+`DISCORD_TOKEN` for the token). Real Discord is the default; tests and the demo point the base
+URLs at the loopback Discord. Nothing else differs between the two.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+ENV_PREFIX = "MUSICBOT_"
+TOKEN_ENV = "DISCORD_TOKEN"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid. The message is one line an operator can act on."""
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{attribute.name} must be positive, not {value!r}")
+
+
+def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{attribute.name} must be at least 1, not {value!r}")
+
+
+def _url(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.startswith(("http://", "https://", "ws://", "wss://")):
+        raise ConfigError(f"{attribute.name} must be an http(s) or ws(s) URL, not {value!r}")
+
+
+@attrs.frozen
+class Settings:
+    """Everything an operator can set. Times are in seconds."""
+
+    token: str | None = attrs.field(default=None, repr=False)
+    """The bot token (environment: DISCORD_TOKEN). Without it, `musicbot run` explains and exits."""
+
+    api_base_url: str = attrs.field(default="https://discord.com/api/v10", validator=_url)
+    gateway_url: str = attrs.field(default="wss://gateway.discord.gg", validator=_url)
+    ca_file: str | None = None
+    """Extra certificate authority (PEM) to trust for Discord connections; the loopback uses it."""
+    command_guilds: tuple[int, ...] = ()
+    """Register slash commands in these guilds only (instant); empty: globally."""
+    guild_ready_timeout: float = attrs.field(default=2.0, validator=_positive)
+    """Seconds discord.py waits for guilds to stream in after login before it reports ready."""
+
+    max_connections: int = attrs.field(default=10, validator=_at_least_one)
+    idle_timeout: float = attrs.field(default=3600.0, validator=_positive)
+    cleanup_interval: float = attrs.field(default=300.0, validator=_positive)
+    track_cache_size: int = attrs.field(default=500, validator=_at_least_one)
+    track_cache_ttl: float = attrs.field(default=1800.0, validator=_positive)
+
+    ffmpeg_path: str | None = None
+    """ffmpeg to run; default: the binary bundled with imageio-ffmpeg."""
+    opus_bitrate: int = attrs.field(default=128, validator=_at_least_one)
+    """Kilobits per second of the Opus stream sent to Discord."""
+
+    log_level: str = "INFO"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain values, with the token masked."""
+        values = attrs.asdict(self, recurse=False)
+        token = values.get("token")
+        if token:
+            values["token"] = f"{token[:4]}…({len(token)} characters)"
+        return values
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def _convert(name: str, raw: Any, kind: Any, where: str) -> Any:
+    """Convert a TOML or environment value to the field's type, or say plainly what is wrong."""
+    origin = typing.get_origin(kind)
+    if origin in (types.UnionType, typing.Union):
+        options = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        if raw is None or raw == "":
+            return None
+        return _convert(name, raw, options[0], where)
+    try:
+        if origin is tuple:
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            (item_kind, _) = typing.get_args(kind)
+            return tuple(item_kind(item) for item in items if str(item).strip())
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[
+                str(raw).lower()
+            ]
+        if kind is int and isinstance(raw, float):
+            raise ValueError
+        return kind(raw)
+    except (ValueError, TypeError, KeyError):
+        raise ConfigError(f"{name} in {where} must be {_describe(kind)}, not {raw!r}") from None
+
+
+def _describe(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:
+        return "a list of numbers"
+    return {int: "a whole number", float: "a number", str: "text", bool: "true or false"}.get(
+        kind, str(kind)
+    )
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings from `path` (TOML, optional), then the environment, then `overrides`."""
+    environ = os.environ if environ is None else environ
+    kinds = _field_types()
+    values: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            document = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {file} cannot be read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        section = document.get("musicbot", document)
+        for name, raw in section.items():
+            if name not in kinds:
+                raise ConfigError(f"unknown setting {name!r} in {file}")
+            values[name] = _convert(name, raw, kinds[name], str(file))
+    for name, kind in kinds.items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _convert(name, raw, kind, ENV_PREFIX + name.upper())
+    if environ.get(TOKEN_ENV):
+        values["token"] = environ[TOKEN_ENV]
+    values.update(overrides)
+    return Settings(**values)

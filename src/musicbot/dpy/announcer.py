@@ -1,0 +1,65 @@
+"""Announcer: posts what the core reports (failed tracks, departures) in each guild's channel.
+
+The core calls `on_event` synchronously from its actors; events queue here and one Trio task
+posts them, so a slow Discord never slows a player down.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+import trio
+
+from musicbot.core.messages import EndReason, PlayerEnded, PlayerEvent, TrackFailed
+from musicbot.dpy.bridge import call_asyncio_from_trio
+
+log = logging.getLogger(__name__)
+
+BACKLOG = 256
+
+
+def describe(event: PlayerEvent) -> str | None:
+    """The text to post for an event, or None for events nobody needs to read."""
+    match event:
+        case TrackFailed(track=track, reason=reason):
+            title = discord.utils.escape_markdown(track.title)
+            return f"Could not play **{title}**: {reason}. Moving on."
+        case PlayerEnded(reason=EndReason.IDLE, idle_seconds=idle):
+            return f"Left the voice channel after {idle / 60:.0f} minutes with nothing playing."
+        case PlayerEnded(reason=EndReason.CRASHED):
+            return "Something went wrong with playback here, so I left; the error was logged."
+    return None
+
+
+class Announcer:
+    def __init__(self) -> None:
+        self._channels: dict[int, int] = {}
+        self._events_tx, self._events_rx = trio.open_memory_channel[PlayerEvent](BACKLOG)
+        self.dropped = 0
+
+    def remember(self, interaction: discord.Interaction) -> None:
+        """Announce in the text channel the guild last used a music command in."""
+        if interaction.guild_id is not None and interaction.channel_id is not None:
+            self._channels[interaction.guild_id] = interaction.channel_id
+
+    def on_event(self, event: PlayerEvent) -> None:
+        try:
+            self._events_tx.send_nowait(event)
+        except trio.WouldBlock:
+            self.dropped += 1
+            log.warning("announcement backlog full; dropped %r", event)
+
+    async def run(self, client: discord.Client) -> None:
+        async for event in self._events_rx:
+            text = describe(event)
+            channel_id = self._channels.get(event.guild_id)
+            if text is None or channel_id is None:
+                continue
+            channel = client.get_channel(channel_id)
+            if not isinstance(channel, discord.abc.Messageable):
+                continue
+            try:
+                await call_asyncio_from_trio(channel.send, text)
+            except discord.HTTPException as exc:
+                log.warning("could not announce in channel %s: %s", channel_id, exc)

@@ -1,0 +1,155 @@
+"""MusicBot (discord.py) and `open_bot`, which runs it inside Trio for the body of a block."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import aiohttp
+import discord
+import trio
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from musicbot.config import Settings
+from musicbot.core.supervisor import ResourceSupervisor
+from musicbot.dpy.announcer import Announcer
+from musicbot.dpy.bridge import call_asyncio_from_trio
+from musicbot.dpy.checks import CommandRefused
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 5.0
+
+
+class MusicTree(app_commands.CommandTree["MusicBot"]):
+    """Every interaction gets exactly one answer, errors included."""
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        if isinstance(cause, CommandRefused):
+            text = str(cause)
+        elif isinstance(cause, app_commands.CheckFailure):
+            text = str(cause) or "You cannot use that command here."
+        else:
+            command = interaction.command.name if interaction.command else "?"
+            log.error("/%s failed", command, exc_info=cause)
+            text = "Something went wrong on my side; the error was logged. Please try again."
+        await answer_privately(interaction, text)
+
+
+async def answer_privately(interaction: discord.Interaction, text: str) -> None:
+    """Answer `text` so only the invoker sees it, whether or not the answer was deferred."""
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        # A deferred ("thinking") answer is public: replace it with a private one.
+        await interaction.delete_original_response()
+        await interaction.followup.send(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not answer interaction %s: %s", interaction.id, exc)
+
+
+class MusicBot(commands.Bot):
+    def __init__(
+        self,
+        settings: Settings,
+        supervisor: ResourceSupervisor,
+        announcer: Announcer,
+        *,
+        connector: aiohttp.BaseConnector,
+    ) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.voice_states = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            connector=connector,
+            help_command=None,
+            tree_cls=MusicTree,
+            guild_ready_timeout=settings.guild_ready_timeout,
+        )
+        self.settings = settings
+        self.supervisor = supervisor
+        self.announcer = announcer
+        self.ready = trio.Event()
+
+    async def setup_hook(self) -> None:
+        from musicbot.dpy.cogs.music import Music
+
+        await self.add_cog(Music(self))
+        if self.settings.command_guilds:
+            for guild_id in self.settings.command_guilds:
+                guild = discord.Object(guild_id)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def on_ready(self) -> None:
+        log.info("logged in as %s in %d guilds", self.user, len(self.guilds))
+        self.ready.set()
+
+
+@contextmanager
+def pointed_at(settings: Settings) -> Iterator[None]:
+    """Aim discord.py at the configured Discord (real by default, or the loopback one).
+
+    discord.py keeps these as class attributes; they are restored on the way out so that one
+    process can run bots one after another (the test suite does).
+    """
+    websocket = discord.gateway.DiscordWebSocket
+    saved = discord.http.Route.BASE, websocket.DEFAULT_GATEWAY
+    discord.http.Route.BASE = settings.api_base_url
+    websocket.DEFAULT_GATEWAY = yarl.URL(settings.gateway_url)
+    try:
+        yield
+    finally:
+        discord.http.Route.BASE, websocket.DEFAULT_GATEWAY = saved
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.ca_file:
+        context.load_verify_locations(cafile=settings.ca_file)
+    return context
+
+
+@asynccontextmanager
+async def open_bot(
+    settings: Settings, supervisor: ResourceSupervisor, announcer: Announcer
+) -> AsyncIterator[MusicBot]:
+    """Log in, connect and wait until ready; on leaving, close the gateway (bounded)."""
+    if not settings.token:
+        raise ValueError("open_bot needs settings.token")
+
+    async def make() -> MusicBot:
+        # aiohttp's connector must be made while the asyncio loop runs.
+        connector = aiohttp.TCPConnector(ssl=ssl_context(settings))
+        return MusicBot(settings, supervisor, announcer, connector=connector)
+
+    bot = await call_asyncio_from_trio(make)
+    with pointed_at(settings):
+        async with _running(bot, settings.token, announcer):
+            yield bot
+
+
+@asynccontextmanager
+async def _running(bot: MusicBot, token: str, announcer: Announcer) -> AsyncIterator[None]:
+    async with trio.open_nursery() as services:
+        services.start_soon(call_asyncio_from_trio, bot.start, token)
+        services.start_soon(announcer.run, bot)
+        try:
+            await bot.ready.wait()
+            yield
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await call_asyncio_from_trio(bot.close)
+            services.cancel_scope.cancel()

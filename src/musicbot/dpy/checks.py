@@ -1,0 +1,48 @@
+"""Where the invoker and the bot are in voice: the checks every playback command shares."""
+
+from __future__ import annotations
+
+import discord
+
+VoiceChannel = discord.VoiceChannel | discord.StageChannel
+
+
+class CommandRefused(Exception):
+    """A command cannot run as asked. The message goes back to the user, ephemeral."""
+
+
+def invoker_channel(interaction: discord.Interaction) -> VoiceChannel:
+    """The voice channel the invoker is in, or CommandRefused saying to join one."""
+    member = interaction.user
+    voice = member.voice if isinstance(member, discord.Member) else None
+    if voice is None or voice.channel is None:
+        raise CommandRefused("Join a voice channel first, then ask again.")
+    return voice.channel
+
+
+def bot_channel(interaction: discord.Interaction) -> VoiceChannel | None:
+    guild = interaction.guild
+    if guild is None or guild.voice_client is None:
+        return None
+    channel = guild.voice_client.channel
+    return channel if isinstance(channel, discord.VoiceChannel | discord.StageChannel) else None
+
+
+def require_same_channel(interaction: discord.Interaction) -> VoiceChannel:
+    """The bot's channel, if the invoker is in it too; else CommandRefused saying why not."""
+    mine = bot_channel(interaction)
+    if mine is None:
+        raise CommandRefused("I am not in a voice channel here.")
+    theirs = invoker_channel(interaction)
+    if theirs.id != mine.id:
+        raise CommandRefused(f"I am playing in {mine.mention}; join it to control the music.")
+    return mine
+
+
+def target_channel(interaction: discord.Interaction) -> VoiceChannel:
+    """Where /play and /join should go: the invoker's channel, unless the bot is elsewhere."""
+    theirs = invoker_channel(interaction)
+    mine = bot_channel(interaction)
+    if mine is not None and mine.id != theirs.id:
+        raise CommandRefused(f"I am already playing in {mine.mention}; join it to add music.")
+    return theirs

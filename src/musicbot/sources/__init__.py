@@ -1,0 +1,1 @@
+"""Resolvers: what a user typed, turned into tracks (the core's Resolver port)."""

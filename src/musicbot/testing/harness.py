@@ -1,0 +1,77 @@
+"""`open_loopback_bot`: the real bot, logged into the loopback Discord, with the media server.
+
+One call gives a test (or the demo) everything end to end: real discord.py, real ffmpeg, real
+UDP, all on 127.0.0.1. Needs the `loopback` extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio_asyncio
+
+from musicbot.app import App, open_app
+from musicbot.config import Settings
+from musicbot.testing.loopback import FakeDiscord, Interaction, Message, open_fake_discord
+from musicbot.testing.media import MediaServer, open_media_server
+
+
+@attrs.frozen
+class LoopbackBot:
+    discord: FakeDiscord
+    media: MediaServer
+    app: App
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.settings
+
+
+def loopback_settings(discord: FakeDiscord, **overrides: Any) -> Settings:
+    """Settings that aim the bot at `discord`; everything else as an operator would set it."""
+    values: dict[str, Any] = {
+        "token": discord.token,
+        "api_base_url": discord.api_base,
+        "gateway_url": discord.gateway_url,
+        "ca_file": str(discord.ca_pem_path),
+        "guild_ready_timeout": 0.05,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def open_loopback_bot(
+    *,
+    guilds: int = 2,
+    media_cache: Path | None = None,
+    **settings: Any,
+) -> AsyncIterator[LoopbackBot]:
+    """Open a trio-asyncio loop, the media server, the loopback Discord and the bot in it.
+
+    `settings` override the bot's Settings (for example `idle_timeout=5`). `media_cache` keeps
+    generated tones between calls (tests pass one per session).
+    """
+    async with (
+        trio_asyncio.open_loop(),
+        open_media_server(cache_dir=media_cache) as media,
+        open_fake_discord(guilds=guilds) as discord,
+        open_app(loopback_settings(discord, **settings)) as app,
+    ):
+        yield LoopbackBot(discord, media, app)
+
+
+async def reply_to(interaction: Interaction) -> Message:
+    """The message a user ends up seeing for a slash command: the immediate answer, or for a
+    deferred ("thinking") one, the follow-up that replaced it (or the private one that followed
+    the deleted placeholder)."""
+    await interaction.wait_for_answer()
+    if interaction.deferred:
+        return await interaction.wait_for_followup()
+    message = interaction.message
+    assert message is not None, f"{interaction.name!r} was answered without a message"
+    return message

@@ -1,0 +1,103 @@
+"""The demo: the README's first command. Its scenario runner, and the CLI around it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from musicbot.demo import BUILTIN_SCENARIO, ScenarioError, load_scenario, run_scenario
+
+
+async def test_the_builtin_scenario_works_and_hears_each_guild() -> None:
+    transcript = await run_scenario(BUILTIN_SCENARIO, echo=False)
+    assert transcript["ok"], transcript
+    plays = [s for s in transcript["steps"] if s["command"] == "play"]
+    assert [s["embeds"][0]["title"] for s in plays] == ["Now playing", "Now playing"]
+    assert transcript["audio"]["1"]["dominant_hz"] == pytest.approx(440, abs=5)
+    assert transcript["audio"]["2"]["dominant_hz"] == pytest.approx(660, abs=5)
+    assert transcript["audio"]["1"]["seconds"] >= 2.5
+
+
+async def test_unknown_commands_and_refusals_are_reported_in_their_steps() -> None:
+    scenario = {
+        "guilds": 1,
+        "steps": [
+            {"user": "alice", "guild": 1, "command": "play", "options": {"query": "tone:440:1"}},
+            {"user": "boss", "guild": 1, "admin": True, "command": "no-such-command"},
+            {"expect_audio": {"guild": 1, "dominant_hz": 440, "min_seconds": 0.5}},
+        ],
+    }
+    transcript = await run_scenario(scenario, echo=False)
+    assert not transcript["ok"]
+    refused, unknown, heard = transcript["steps"]
+    assert (refused["ok"], refused["ephemeral"]) == (False, True)
+    assert refused["content"] == "Join a voice channel first, then ask again."
+    assert (unknown["ok"], unknown["content"]) == (False, "the bot has no /no-such-command command")
+    assert not heard["ok"]
+    assert transcript["audio"] == {}
+
+
+def test_the_cli_prints_one_json_transcript_and_exits_by_the_result(tmp_path: Path) -> None:
+    scenario = tmp_path / "short.json"
+    scenario.write_text(
+        json.dumps(
+            {
+                "guilds": 1,
+                "steps": [
+                    {"user": "alice", "guild": 1, "join_voice": "Music"},
+                    {"user": "alice", "command": "play", "options": {"query": "tone:550:1"}},
+                    {"sleep": 1.3},
+                    {"expect_audio": {"guild": 1, "dominant_hz": 550}},
+                    {"user": "alice", "command": "leave"},
+                ],
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "musicbot", "demo", "--scenario", str(scenario), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    transcript = json.loads(done.stdout)
+    assert [s["command"] for s in transcript["steps"]] == ["play", None, "leave"]
+    assert set(transcript["audio"]["1"]) == {
+        "packets",
+        "seconds",
+        "dominant_hz",
+        "rms",
+        "late_p99_ms",
+    }
+    assert transcript["audio"]["1"]["dominant_hz"] == pytest.approx(550, abs=5)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "is not valid JSON"),
+        ('{"guilds": 1}', "needs an object with a list of 'steps'"),
+        ('{"guilds": 0, "steps": []}', "'guilds' must be a whole number of at least 1"),
+    ],
+)
+def test_bad_scenarios_are_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ScenarioError, match=message):
+        load_scenario(str(path))
+
+
+def test_a_missing_scenario_file_exits_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "musicbot", "demo", "--scenario", str(tmp_path / "none.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("none.json does not exist")
+    assert "Traceback" not in done.stderr
