@@ -41,6 +41,12 @@ def music_commands(presses: list[str], seen: dict[str, object]) -> object:
             await interaction.followup.send("done thinking")
             await interaction.followup.send("and one more")
 
+        @tree.command(name="oops", description="Defer, then answer privately instead")
+        async def oops(interaction: discord.Interaction) -> None:
+            await interaction.response.defer(thinking=True)
+            await interaction.delete_original_response()
+            await interaction.followup.send("only you see this error", ephemeral=True)
+
         @tree.command(name="secret", description="Only you see this")
         async def secret(interaction: discord.Interaction) -> None:
             await interaction.response.send_message("psst", ephemeral=True)
@@ -129,6 +135,13 @@ async def test_immediate_deferred_and_ephemeral_answers(
         second = await slow.wait_for_followup(2)
         assert second.content == "and one more" and second.id != first.id
         assert slow.content == "done thinking"
+
+        # Once the public "thinking..." placeholder is deleted, a follow-up is a new message
+        # with its own flags: the way to turn a deferred answer into a private one.
+        oops = await alice.slash("oops")
+        private = await oops.wait_for_followup()
+        assert (private.content, private.ephemeral) == ("only you see this error", True)
+        assert oops.message is not None and oops.message.deleted and private.id != oops.message.id
 
         secret = await alice.slash("secret")
         assert secret.ephemeral and secret.content == "psst"

@@ -28,6 +28,7 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
+from musicbot.testing import analysis
 from musicbot.testing.loopback.records import RtpPacket
 
 FRAME_SECONDS = 0.020
@@ -118,21 +119,10 @@ def _mono(
 
 
 def dominant_frequency(pcm: npt.NDArray[np.float64]) -> float | None:
-    if pcm.size < SAMPLE_RATE * FRAME_SECONDS:
+    """The loudest frequency, or None with less than one frame of sound or only silence."""
+    if pcm.size < SAMPLE_RATE * FRAME_SECONDS or not np.any(pcm):
         return None
-    windowed = (pcm - pcm.mean()) * np.hanning(pcm.size)
-    spectrum = np.abs(np.fft.rfft(windowed))
-    spectrum[0] = 0.0
-    peak = int(np.argmax(spectrum))
-    if spectrum[peak] == 0.0:
-        return None
-    offset = 0.0
-    if 0 < peak < spectrum.size - 1:
-        left, centre, right = np.log(spectrum[peak - 1 : peak + 2] + 1e-12)
-        denominator = left - 2 * centre + right
-        if denominator != 0:
-            offset = 0.5 * (left - right) / denominator
-    return float((peak + offset) * SAMPLE_RATE / pcm.size)
+    return analysis.dominant_frequency(pcm)
 
 
 def _timing(packets: Sequence[RtpPacket]) -> tuple[list[float], list[float]]:
