@@ -11,9 +11,6 @@ from musicbot.core.messages import Request
 
 R = TypeVar("R")
 
-REPLY_TIMEOUT = 5.0
-"""Seconds to wait for an actor's answer; an actor answers in microseconds unless it is stuck."""
-
 
 class ActorGone(Exception):
     """The actor ended before it answered (it left, was reaped, crashed or is shutting down)."""
@@ -43,11 +40,12 @@ async def ask(inbox: Inbox, body: Request[R]) -> R:
     """Send `body` to the actor behind `inbox` and wait for its answer.
 
     An answer that is an exception (an expected refusal) is raised here, in the caller. An actor
-    that does not answer within REPLY_TIMEOUT raises trio.TooSlowError: that is a bug to see.
+    that does not answer within the request's `reply_timeout` raises trio.TooSlowError: that is
+    a bug to see, not a state to handle.
     """
     reply_tx, reply_rx = trio.open_memory_channel[Any](1)
     async with reply_rx:
-        with trio.fail_after(REPLY_TIMEOUT):
+        with trio.fail_after(body.reply_timeout):
             try:
                 await inbox.send(Ask(body, reply_tx))
                 answer = await reply_rx.receive()

@@ -6,7 +6,7 @@ A request names the type of its answer (`Request[R]`), so `ask()` is typed end t
 from __future__ import annotations
 
 import enum
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import attrs
 
@@ -26,6 +26,8 @@ class Track:
     """Seconds, when known; None for live streams and sources that do not say."""
     thumbnail: str | None = None
     requester: str = ""
+    live: bool = False
+    """A live stream: no duration, no seeking, never stored."""
 
 
 @attrs.frozen
@@ -42,10 +44,24 @@ class PlayerState(enum.Enum):
     IDLE = "idle"
 
 
+class LoopMode(enum.Enum):
+    OFF = "off"
+    TRACK = "track"
+    QUEUE = "queue"
+
+
 class Request(Generic[R]):
     """Base of every message that expects an answer of type R."""
 
     __slots__ = ()
+
+    reply_timeout: ClassVar[float] = 5.0
+    """Seconds `ask()` waits for the answer; an actor answers at once unless it says otherwise."""
+
+
+class Refused(Exception):
+    """An actor's expected "no" (the queue is full, there is no track 7...). The message is
+    written for the user who asked; it is an answer, not a failure."""
 
 
 # --- GuildPlayer requests ---------------------------------------------------------------------
@@ -56,11 +72,20 @@ class Enqueued:
     position: int
     """1-based position of the first added track in the queue; 0 when it starts playing now."""
     count: int
+    """Tracks added."""
+    left_out: int = 0
+    """Tracks not added because the queue reached its limit."""
 
 
 @attrs.frozen
 class Enqueue(Request[Enqueued]):
+    """Add tracks to the queue. With `wait_for_start`, a first track that starts now is answered
+    only once its audio is flowing (or with the SourceError that stopped it), so the user hears
+    about a dead link from the command itself."""
+
     tracks: tuple[Track, ...]
+    wait_for_start: bool = False
+    reply_timeout: ClassVar[float] = 60.0
 
 
 @attrs.frozen
@@ -89,10 +114,43 @@ class Leave(Request[None]):
 
 
 @attrs.frozen
+class SetVolume(Request[int]):
+    """Set the volume (0-200 %) from the current position on; answers the new volume."""
+
+    percent: int
+
+
+@attrs.frozen
+class Seek(Request[float]):
+    """Jump to `seconds` into the current track; answers the new position."""
+
+    seconds: float
+
+
+@attrs.frozen
+class SetLoop(Request[LoopMode]):
+    mode: LoopMode
+
+
+@attrs.frozen
+class Shuffle(Request[int]):
+    """Shuffle the upcoming tracks; answers how many were shuffled."""
+
+
+@attrs.frozen
+class Remove(Request[Track]):
+    """Remove the upcoming track at 1-based `position`; answers the track removed."""
+
+    position: int
+
+
+@attrs.frozen
 class NowPlaying:
     track: Track
     elapsed: float
     paused: bool
+    volume: int = 100
+    loop: LoopMode = LoopMode.OFF
 
 
 @attrs.frozen
@@ -104,6 +162,8 @@ class GetNowPlaying(Request["NowPlaying | None"]):
 class QueueView:
     now_playing: NowPlaying | None
     upcoming: tuple[Track, ...]
+    loop: LoopMode = LoopMode.OFF
+    volume: int = 100
 
 
 @attrs.frozen

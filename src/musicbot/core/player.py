@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
+import random
 from collections import deque
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
 
 import attrs
 import trio
@@ -17,11 +21,18 @@ from musicbot.core.messages import (
     GetNowPlaying,
     GetQueue,
     Leave,
+    LoopMode,
     NowPlaying,
     Pause,
     PlayerState,
     QueueView,
+    Refused,
+    Remove,
     Resume,
+    Seek,
+    SetLoop,
+    SetVolume,
+    Shuffle,
     Skip,
     Stop,
     Track,
@@ -51,6 +62,27 @@ RESYNC_AFTER = 0.100
 LATENESS_WINDOW = 3000
 """Lateness samples kept for percentiles: the last minute of frames."""
 
+MAX_VOLUME = 200
+
+_DEFERRED: Any = object()
+"""What `_handle` returns when the answer will be sent later (by the playback task)."""
+
+
+class _Outcome(enum.Enum):
+    FINISHED = "finished"
+    SKIPPED = "skipped"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class PlayerLimits:
+    max_queue_length: int = 500
+    open_timeout: float = 10.0
+    """Seconds a track may take to start sending audio before it counts as failed."""
+    stall_timeout: float = 15.0
+    """Seconds without a frame, mid-track, before the track counts as failed."""
+
 
 @attrs.frozen
 class PlayerStatistics:
@@ -65,6 +97,30 @@ class PlayerStatistics:
     lateness_p50: float
     lateness_p99: float
     lateness_max: float
+
+
+@attrs.define(eq=False)
+class _Entry:
+    """A track in this queue; identity matters (the same song may be queued twice)."""
+
+    track: Track
+    waiter: trio.MemorySendChannel[Any] | None = None
+    """The Enqueue waiting to hear whether this track started..."""
+    owed: Enqueued | None = None
+    """...and the answer it gets if it did (or if it was skipped before it could)."""
+
+    def settle(self, failure: SourceError | None = None) -> None:
+        """Answer the waiting Enqueue, if any: `owed`, or the failure that stopped the track."""
+        if self.waiter is not None:
+            with self.waiter:
+                self.waiter.send_nowait(failure if failure is not None else self.owed)
+            self.waiter = None
+
+    def forget(self) -> None:
+        """The player is ending: the waiting Enqueue hears ActorGone."""
+        if self.waiter is not None:
+            self.waiter.close()
+            self.waiter = None
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
@@ -91,18 +147,28 @@ class GuildPlayer:
         *,
         channel_id: int | None = None,
         on_event: EventSink = ignore_event,
+        limits: PlayerLimits = PlayerLimits(),
     ) -> None:
         self.guild_id = guild_id
         self._voice = voice
         self._source = source
         self._channel_id = channel_id
         self._on_event = on_event
+        self._limits = limits
 
-        self._queue: deque[Track] = deque()
+        self._queue: deque[_Entry] = deque()
         self._queue_changed = trio.Event()
-        self._current: Track | None = None
+        self._current: _Entry | None = None
         self._track_scope: trio.CancelScope | None = None
-        self._frames_into_track = 0
+        self._stream_scope: trio.CancelScope | None = None
+        self._restart_at: float | None = None
+        self._stream_start = 0.0
+        self._frames_into_stream = 0
+        self._next_due = -math.inf
+        """When the frame after the last one sent is due: the next stream starts no earlier."""
+        self._volume = 100
+        self._loop = LoopMode.OFF
+        self._ended_by: _Outcome | None = None
         self._paused = False
         self._resumed = trio.Event()
         self._speaking = False
@@ -136,23 +202,31 @@ class GuildPlayer:
         finally:
             self.ending = True
             close_inbox(inbox)
+            for entry in (self._current, *self._queue):
+                if entry is not None:
+                    entry.forget()
             with trio.move_on_after(DISCONNECT_TIMEOUT, shield=True):
                 await self._voice.disconnect()
 
     async def _serve(self, inbox: InboxReceiver) -> None:
         async for request in inbox:
+            self._touch()
+            try:
+                answer = self._handle(request.body, request.reply_to)
+            except Refused as refusal:
+                answer = refusal
+            if answer is _DEFERRED:
+                continue  # the reply channel now belongs to a queue entry
             with request.reply_to:
-                self._touch()
-                request.reply_to.send_nowait(self._handle(request.body))
+                request.reply_to.send_nowait(answer)
 
-    def _handle(self, body: object) -> object:
+    def _handle(self, body: object, reply_to: trio.MemorySendChannel[Any]) -> object:
         match body:
-            case Enqueue(tracks=tracks):
-                return self._enqueue(tracks)
+            case Enqueue(tracks=tracks, wait_for_start=wait):
+                return self._enqueue(tracks, reply_to if wait else None)
             case Skip():
-                skipped = self._current
-                if self._track_scope is not None:
-                    self._track_scope.cancel()
+                skipped = self._current.track if self._current else None
+                self._end_track(_Outcome.SKIPPED)
                 return skipped
             case Pause():
                 if self._current is None or self._paused:
@@ -167,36 +241,118 @@ class GuildPlayer:
                 self._resumed.set()
                 return True
             case Stop():
-                dropped = len(self._queue)
+                dropped = len(self._queue) + (self._current is not None)
+                for entry in self._queue:
+                    entry.settle()
                 self._queue.clear()
-                if self._track_scope is not None:
-                    self._track_scope.cancel()
-                    dropped += 1
-                self._paused = False
-                self._resumed.set()
+                self._end_track(_Outcome.STOPPED)
                 return dropped
             case Leave():
                 self.ending = True
                 self._leave_scope.cancel()
                 return None
+            case SetVolume(percent=percent):
+                return self._set_volume(percent)
+            case Seek(seconds=seconds):
+                return self._seek(seconds)
+            case SetLoop(mode=mode):
+                self._loop = mode
+                return mode
+            case Shuffle():
+                upcoming = list(self._queue)
+                random.shuffle(upcoming)
+                self._queue = deque(upcoming)
+                return len(upcoming)
+            case Remove(position=position):
+                if not 1 <= position <= len(self._queue):
+                    raise Refused(self._no_position(position))
+                removed = self._queue[position - 1]
+                del self._queue[position - 1]
+                removed.settle()
+                return removed.track
             case GetNowPlaying():
                 return self._now_playing()
             case GetQueue():
-                return QueueView(self._now_playing(), tuple(self._queue))
+                return QueueView(
+                    self._now_playing(),
+                    tuple(entry.track for entry in self._queue),
+                    self._loop,
+                    self._volume,
+                )
         raise TypeError(f"GuildPlayer got an unknown message: {body!r}")
 
-    def _enqueue(self, tracks: tuple[Track, ...]) -> Enqueued:
+    def _enqueue(
+        self, tracks: tuple[Track, ...], waiter: trio.MemorySendChannel[Any] | None
+    ) -> object:
+        room = self._limits.max_queue_length - len(self._queue)
+        if room <= 0:
+            raise Refused(
+                f"the queue is full ({self._limits.max_queue_length} tracks); "
+                "wait for some to play, or /remove some"
+            )
+        added = tracks[:room]
         starts_now = self._current is None and not self._queue
         position = 0 if starts_now else len(self._queue) + 1
-        self._queue.extend(tracks)
+        entries = [_Entry(track) for track in added]
+        self._queue.extend(entries)
         self._queue_changed.set()
-        return Enqueued(position=position, count=len(tracks))
+        enqueued = Enqueued(position=position, count=len(added), left_out=len(tracks) - len(added))
+        if starts_now and waiter is not None:
+            entries[0].waiter, entries[0].owed = waiter, enqueued
+            return _DEFERRED
+        return enqueued
+
+    def _set_volume(self, percent: int) -> int:
+        if not 0 <= percent <= MAX_VOLUME:
+            raise Refused(f"the volume goes from 0 to {MAX_VOLUME} %")
+        if percent != self._volume:
+            self._volume = percent
+            self._restart_here()
+        return percent
+
+    def _seek(self, seconds: float) -> float:
+        current = self._current
+        if current is None:
+            raise Refused("nothing is playing")
+        if current.track.live:
+            raise Refused("this is a live stream; it cannot be wound")
+        duration = current.track.duration
+        if not seconds >= 0 or (duration is not None and seconds >= duration):
+            length = "" if duration is None else f" (it is {duration:.0f} s long)"
+            raise Refused(f"that is not a position in this track{length}")
+        self._restart_at = seconds
+        if self._stream_scope is not None:
+            self._stream_scope.cancel()
+        return seconds
+
+    def _restart_here(self) -> None:
+        """Reopen the current track's stream where it is (a new volume applies from there)."""
+        if self._current is not None and self._stream_scope is not None:
+            self._restart_at = self._elapsed()
+            self._stream_scope.cancel()
+
+    def _end_track(self, outcome: _Outcome) -> None:
+        if self._current is not None:
+            self._ended_by = outcome
+        if self._track_scope is not None:
+            self._track_scope.cancel()
+        self._paused = False
+        self._resumed.set()
+
+    def _no_position(self, position: int) -> str:
+        if not self._queue:
+            return "the queue is empty"
+        return f"there is no track {position} in the queue; it has 1 to {len(self._queue)}"
+
+    def _elapsed(self) -> float:
+        return self._stream_start + self._frames_into_stream * FRAME_SECONDS
 
     def _now_playing(self) -> NowPlaying | None:
         if self._current is None:
             return None
-        elapsed = self._frames_into_track * FRAME_SECONDS
-        return NowPlaying(self._current, elapsed, self._paused)
+        return NowPlaying(
+            self._current.track, self._elapsed(), self._paused, self._volume, self._loop
+        )
 
     # --- playback ----------------------------------------------------------------------------
 
@@ -206,49 +362,104 @@ class GuildPlayer:
                 await self._set_speaking(False)
                 self._queue_changed = trio.Event()
                 await self._queue_changed.wait()
-            track = self._queue.popleft()
-            self._current = track
-            self._frames_into_track = 0
+            entry = self._current = self._queue.popleft()
+            self._ended_by = None
             try:
-                with trio.CancelScope() as self._track_scope:
-                    async with self._source.open(track) as frames:
-                        self._on_event(TrackStarted(self.guild_id, track))
-                        await self._pace(frames)
-            except SourceError as exc:
-                log.info("guild %s: track %r failed: %s", self.guild_id, track.title, exc)
-                self._on_event(TrackFailed(self.guild_id, track, str(exc)))
+                outcome = await self._play(entry)
             finally:
                 self._current = None
-                self._track_scope = None
                 self._paused = False
                 self._touch()
+            if outcome is _Outcome.FINISHED and self._loop is LoopMode.TRACK:
+                self._queue.appendleft(_Entry(entry.track))
+            elif outcome in (_Outcome.FINISHED, _Outcome.SKIPPED) and self._loop is LoopMode.QUEUE:
+                self._queue.append(_Entry(entry.track))
+
+    async def _play(self, entry: _Entry) -> _Outcome:
+        """Play one entry from its start, reopening the stream for seeks and volume changes."""
+        track = entry.track
+        self._restart_at = 0.0
+        started = False
+        try:
+            with trio.CancelScope() as self._track_scope:
+                while self._restart_at is not None:
+                    start, self._restart_at = self._restart_at, None
+                    with trio.CancelScope() as self._stream_scope:
+                        async with AsyncExitStack() as stream:
+                            frames = await self._open(stream, track, start)
+                            if not started:
+                                started = True
+                                entry.settle()
+                                self._on_event(TrackStarted(self.guild_id, track))
+                            await self._pace(frames)
+                return _Outcome.FINISHED
+            return self._ended_by or _Outcome.SKIPPED
+        except SourceError as failure:
+            log.info("guild %s: track %r failed: %s", self.guild_id, track.title, failure)
+            if entry.waiter is not None:
+                entry.settle(failure)  # the user hears it as the answer to their /play
+            else:
+                self._on_event(TrackFailed(self.guild_id, track, str(failure)))
+            return _Outcome.FAILED
+        finally:
+            self._track_scope = self._stream_scope = None
+            if self._ended_by is not None:
+                entry.settle()  # skipped or stopped before it started: no failure to report
+            else:
+                entry.forget()  # the player is ending: ActorGone
+
+    async def _open(
+        self, stream: AsyncExitStack, track: Track, start: float
+    ) -> AsyncIterator[bytes]:
+        self._stream_start = start
+        self._frames_into_stream = 0
+        with trio.move_on_after(self._limits.open_timeout) as opening:
+            frames = await stream.enter_async_context(
+                self._source.open(track, start=start, volume=self._volume)
+            )
+        if opening.cancelled_caught:
+            raise SourceError("the server did not start sending audio in time")
+        return frames
 
     async def _pace(self, frames: AsyncIterator[bytes]) -> None:
-        """Send frame k at anchor + k x 20 ms: absolute deadlines, so lateness never accumulates."""
+        """Send frame k at anchor + k x 20 ms: absolute deadlines, so lateness never accumulates.
+
+        A source that sends nothing for `stall_timeout` fails the track (SourceError).
+        """
         anchor: float | None = None  # set when the first frame is in hand, not before
         k = 0
-        async for frame in frames:
-            if anchor is None:
-                anchor = trio.current_time()
-            due = anchor + k * FRAME_SECONDS
-            await trio.sleep_until(due)
-            if self._paused:
-                await self._set_speaking(False)
-                await self._wait_until_resumed()
-                anchor = trio.current_time() - k * FRAME_SECONDS
+        stall_timeout = self._limits.stall_timeout
+        with trio.CancelScope(deadline=trio.current_time() + stall_timeout) as watchdog:
+            async for frame in frames:
+                now = trio.current_time()
+                if anchor is None:
+                    # Not before the previous stream's last frame has had its 20 ms.
+                    anchor = max(now, self._next_due)
                 due = anchor + k * FRAME_SECONDS
-            lateness = trio.current_time() - due
-            if lateness > RESYNC_AFTER:
-                anchor += lateness
-                self._resyncs += 1
-            await self._set_speaking(True)
-            self._voice.send_frame(frame)
-            self._frames_sent += 1
-            self._frames_into_track += 1
-            if lateness > LATE_AFTER:
-                self._frames_late += 1
-            self._lateness.append(lateness)
-            k += 1
+                await trio.sleep_until(due)
+                if self._paused:
+                    watchdog.deadline = math.inf
+                    await self._set_speaking(False)
+                    await self._wait_until_resumed()
+                    anchor = trio.current_time() - k * FRAME_SECONDS
+                    due = anchor + k * FRAME_SECONDS
+                now = trio.current_time()
+                lateness = now - due
+                if lateness > RESYNC_AFTER:
+                    anchor += lateness
+                    self._resyncs += 1
+                await self._set_speaking(True)
+                self._voice.send_frame(frame)
+                self._frames_sent += 1
+                self._frames_into_stream += 1
+                if lateness > LATE_AFTER:
+                    self._frames_late += 1
+                self._lateness.append(lateness)
+                k += 1
+                self._next_due = due + FRAME_SECONDS
+                watchdog.deadline = now + stall_timeout
+        if watchdog.cancelled_caught:
+            raise SourceError("the server stopped sending audio")
 
     async def _wait_until_resumed(self) -> None:
         while self._paused:

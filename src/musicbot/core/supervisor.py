@@ -25,18 +25,25 @@ from musicbot.core.messages import (
     GetNowPlaying,
     GetQueue,
     Leave,
+    LoopMode,
     NowPlaying,
     Pause,
     PlayerEnded,
     QueueView,
+    Refused,
+    Remove,
     Request,
     Resolved,
     Resume,
+    Seek,
+    SetLoop,
+    SetVolume,
+    Shuffle,
     Skip,
     Stop,
     Track,
 )
-from musicbot.core.player import GuildPlayer, PlayerStatistics
+from musicbot.core.player import GuildPlayer, PlayerLimits, PlayerStatistics
 from musicbot.core.ports import (
     EventSink,
     FrameSource,
@@ -52,7 +59,7 @@ log = logging.getLogger(__name__)
 PLAYER_INBOX_SIZE = 16
 
 
-class SpawnRefused(Exception):
+class SpawnRefused(Refused):
     """A new guild was refused because `limit` voice connections are already active."""
 
     def __init__(self, limit: int, active: int) -> None:
@@ -70,8 +77,10 @@ class PlayerHandle:
         self.guild_id = guild_id
         self._inbox = inbox
 
-    async def enqueue(self, *tracks: Track) -> Enqueued:
-        return await ask(self._inbox, Enqueue(tracks))
+    async def enqueue(self, *tracks: Track, wait_for_start: bool = False) -> Enqueued:
+        """Queue `tracks`. With `wait_for_start`, a first track that starts now is answered once
+        its audio flows, or raises the SourceError that stopped it."""
+        return await ask(self._inbox, Enqueue(tracks, wait_for_start))
 
     async def skip(self) -> Track | None:
         return await ask(self._inbox, Skip())
@@ -87,6 +96,21 @@ class PlayerHandle:
 
     async def leave(self) -> None:
         await ask(self._inbox, Leave())
+
+    async def set_volume(self, percent: int) -> int:
+        return await ask(self._inbox, SetVolume(percent))
+
+    async def seek(self, seconds: float) -> float:
+        return await ask(self._inbox, Seek(seconds))
+
+    async def set_loop(self, mode: LoopMode) -> LoopMode:
+        return await ask(self._inbox, SetLoop(mode))
+
+    async def shuffle(self) -> int:
+        return await ask(self._inbox, Shuffle())
+
+    async def remove(self, position: int) -> Track:
+        return await ask(self._inbox, Remove(position))
 
     async def now_playing(self) -> NowPlaying | None:
         return await ask(self._inbox, GetNowPlaying())
@@ -191,6 +215,7 @@ class ResourceSupervisor:
         frame_source: FrameSource,
         resolver: Resolver | None,
         on_event: EventSink,
+        player_limits: PlayerLimits,
     ) -> None:
         self._players = nursery
         self._inbox = inbox
@@ -202,6 +227,7 @@ class ResourceSupervisor:
         self._frame_source = frame_source
         self._resolver = resolver
         self._on_event = on_event
+        self._player_limits = player_limits
         self._children: dict[int, _Child] = {}
         self._started_at = trio.current_time()
         self._spawns = self._refusals = self._connect_failures = 0
@@ -336,6 +362,7 @@ class ResourceSupervisor:
             self._frame_source,
             channel_id=body.channel_id,
             on_event=self._on_event,
+            limits=self._player_limits,
         )
         child = _Child(player, PlayerHandle(body.guild_id, inbox_tx), inbox_rx)
         self._children[body.guild_id] = child
@@ -385,6 +412,7 @@ async def open_supervisor(
     cache: LRUCache[str, Resolved] | None = None,
     resolver: Resolver | None = None,
     on_event: EventSink | None = None,
+    player_limits: PlayerLimits = PlayerLimits(),
 ) -> AsyncIterator[ResourceSupervisor]:
     """Run a ResourceSupervisor for the body of the `async with`.
 
@@ -409,6 +437,7 @@ async def open_supervisor(
             frame_source=frame_source,
             resolver=resolver,
             on_event=on_event if on_event is not None else ignore_event,
+            player_limits=player_limits,
         )
         players.start_soon(supervisor.run, inbox_rx, name="ResourceSupervisor")
         players.start_soon(_sweep_periodically, supervisor, name="idle sweep")
