@@ -113,8 +113,9 @@ async def test_loop_track_repeats_it_and_skip_moves_on(autojump_clock: Clock) ->
         assert await rig.handle.set_loop(LoopMode.TRACK) is LoopMode.TRACK
         await rig.handle.enqueue(tone_track("a", 0.1), tone_track("b", 0.1))
         await trio.sleep(0.35)
-        started = [e.track.title for e in rig.events if isinstance(e, TrackStarted)]
-        assert started == ["a", "a", "a", "a"]
+        starts = [e for e in rig.events if isinstance(e, TrackStarted)]
+        assert [e.track.title for e in starts] == ["a", "a", "a", "a"]
+        assert [e.repeat for e in starts] == [False, True, True, True]
         await rig.handle.skip()
         await trio.sleep(0.25)
         started = [e.track.title for e in rig.events if isinstance(e, TrackStarted)]
@@ -184,6 +185,8 @@ async def test_waiting_for_start_answers_once_audio_flows(autojump_clock: Clock)
         enqueued = await rig.handle.enqueue(tone_track("a", 1), wait_for_start=True)
         assert (enqueued.position, enqueued.count) == (0, 1)
         assert rig.source.opened[0][0] == "a"
+        (started,) = [e for e in rig.events if isinstance(e, TrackStarted)]
+        assert (started.answered, started.repeat) == (True, False)
         queued = await rig.handle.enqueue(tone_track("b", 1), wait_for_start=True)
         assert queued.position == 1  # not starting now: answered at once
 

@@ -185,6 +185,10 @@ class EndReason(enum.Enum):
 class TrackStarted:
     guild_id: int
     track: Track
+    answered: bool = False
+    """The command that queued it was answered with its start: no need to announce it again."""
+    repeat: bool = False
+    """It started again because the track loops."""
 
 
 @attrs.frozen

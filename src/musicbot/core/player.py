@@ -8,7 +8,6 @@ import math
 import random
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import attrs
@@ -108,6 +107,8 @@ class _Entry:
     """The Enqueue waiting to hear whether this track started..."""
     owed: Enqueued | None = None
     """...and the answer it gets if it did (or if it was skipped before it could)."""
+    repeat: bool = False
+    """Queued again by loop track."""
 
     def settle(self, failure: SourceError | None = None) -> None:
         """Answer the waiting Enqueue, if any: `owed`, or the failure that stopped the track."""
@@ -371,7 +372,7 @@ class GuildPlayer:
                 self._paused = False
                 self._touch()
             if outcome is _Outcome.FINISHED and self._loop is LoopMode.TRACK:
-                self._queue.appendleft(_Entry(entry.track))
+                self._queue.appendleft(_Entry(entry.track, repeat=True))
             elif outcome in (_Outcome.FINISHED, _Outcome.SKIPPED) and self._loop is LoopMode.QUEUE:
                 self._queue.append(_Entry(entry.track))
 
@@ -384,14 +385,31 @@ class GuildPlayer:
             with trio.CancelScope() as self._track_scope:
                 while self._restart_at is not None:
                     start, self._restart_at = self._restart_at, None
-                    with trio.CancelScope() as self._stream_scope:
-                        async with AsyncExitStack() as stream:
-                            frames = await self._open(stream, track, start)
+                    self._stream_start = start
+                    self._frames_into_stream = 0
+                    # The open deadline covers the whole stream context (which may hold a
+                    # nursery), and is lifted once the stream is open.
+                    stalled = False
+                    with (
+                        trio.CancelScope() as self._stream_scope,
+                        trio.move_on_after(self._limits.open_timeout) as opening,
+                    ):
+                        source = self._source.open(track, start=start, volume=self._volume)
+                        async with source as frames:
+                            opening.deadline = math.inf
                             if not started:
                                 started = True
+                                answered = entry.waiter is not None
                                 entry.settle()
-                                self._on_event(TrackStarted(self.guild_id, track))
-                            await self._pace(frames)
+                                self._on_event(
+                                    TrackStarted(self.guild_id, track, answered, entry.repeat)
+                                )
+                            stalled = not await self._pace(frames)
+                    # Raised here, outside the source's context, so no nursery of its wraps it.
+                    if opening.cancelled_caught:
+                        raise SourceError("the server did not start sending audio in time")
+                    if stalled:
+                        raise SourceError("the server stopped sending audio")
                 return _Outcome.FINISHED
             return self._ended_by or _Outcome.SKIPPED
         except SourceError as failure:
@@ -408,23 +426,10 @@ class GuildPlayer:
             else:
                 entry.forget()  # the player is ending: ActorGone
 
-    async def _open(
-        self, stream: AsyncExitStack, track: Track, start: float
-    ) -> AsyncIterator[bytes]:
-        self._stream_start = start
-        self._frames_into_stream = 0
-        with trio.move_on_after(self._limits.open_timeout) as opening:
-            frames = await stream.enter_async_context(
-                self._source.open(track, start=start, volume=self._volume)
-            )
-        if opening.cancelled_caught:
-            raise SourceError("the server did not start sending audio in time")
-        return frames
-
-    async def _pace(self, frames: AsyncIterator[bytes]) -> None:
+    async def _pace(self, frames: AsyncIterator[bytes]) -> bool:
         """Send frame k at anchor + k x 20 ms: absolute deadlines, so lateness never accumulates.
 
-        A source that sends nothing for `stall_timeout` fails the track (SourceError).
+        Returns False if the source sent nothing for `stall_timeout` (the track has stalled).
         """
         anchor: float | None = None  # set when the first frame is in hand, not before
         k = 0
@@ -458,8 +463,7 @@ class GuildPlayer:
                 k += 1
                 self._next_due = due + FRAME_SECONDS
                 watchdog.deadline = now + stall_timeout
-        if watchdog.cancelled_caught:
-            raise SourceError("the server stopped sending audio")
+        return not watchdog.cancelled_caught
 
     async def _wait_until_resumed(self) -> None:
         while self._paused:

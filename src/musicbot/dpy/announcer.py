@@ -6,29 +6,41 @@ posts them, so a slow Discord never slows a player down.
 
 from __future__ import annotations
 
+import functools
 import logging
+from typing import Any
 
 import discord
 import trio
 
-from musicbot.core.messages import EndReason, PlayerEnded, PlayerEvent, TrackFailed
+from musicbot.core.messages import EndReason, PlayerEnded, PlayerEvent, TrackFailed, TrackStarted
 from musicbot.dpy.bridge import call_asyncio_from_trio
+from musicbot.dpy.controls import player_controls
+from musicbot.dpy.render import started_embed
 
 log = logging.getLogger(__name__)
 
 BACKLOG = 256
 
 
-def describe(event: PlayerEvent) -> str | None:
-    """The text to post for an event, or None for events nobody needs to read."""
+def describe(event: PlayerEvent) -> dict[str, Any] | None:
+    """What to post for an event (`channel.send` arguments), or None if nobody needs to read it."""
     match event:
+        case TrackStarted(track=track, answered=False, repeat=False):
+            return {"embed": started_embed(track), "view": player_controls()}
         case TrackFailed(track=track, reason=reason):
             title = discord.utils.escape_markdown(track.title)
-            return f"Could not play **{title}**: {reason}. Moving on."
+            return {"content": f"Could not play **{title}**: {reason}. Moving on."}
         case PlayerEnded(reason=EndReason.IDLE, idle_seconds=idle):
-            return f"Left the voice channel after {idle / 60:.0f} minutes with nothing playing."
+            minutes = max(1, round(idle / 60))
+            return {
+                "content": f"Left the voice channel after {minutes} minutes with nothing playing."
+            }
         case PlayerEnded(reason=EndReason.CRASHED):
-            return "Something went wrong with playback here, so I left; the error was logged."
+            return {
+                "content": "Something went wrong with playback here, so I left; "
+                "the error was logged."
+            }
     return None
 
 
@@ -52,14 +64,14 @@ class Announcer:
 
     async def run(self, client: discord.Client) -> None:
         async for event in self._events_rx:
-            text = describe(event)
+            message = describe(event)
             channel_id = self._channels.get(event.guild_id)
-            if text is None or channel_id is None:
+            if message is None or channel_id is None:
                 continue
             channel = client.get_channel(channel_id)
             if not isinstance(channel, discord.abc.Messageable):
                 continue
             try:
-                await call_asyncio_from_trio(channel.send, text)
+                await call_asyncio_from_trio(functools.partial(channel.send, **message))
             except discord.HTTPException as exc:
                 log.warning("could not announce in channel %s: %s", channel_id, exc)

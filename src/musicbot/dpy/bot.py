@@ -17,8 +17,8 @@ from discord.ext import commands
 from musicbot.config import Settings
 from musicbot.core.supervisor import ResourceSupervisor
 from musicbot.dpy.announcer import Announcer
+from musicbot.dpy.answers import answer_privately, explain
 from musicbot.dpy.bridge import call_asyncio_from_trio
-from musicbot.dpy.checks import CommandRefused
 
 log = logging.getLogger(__name__)
 
@@ -31,29 +31,8 @@ class MusicTree(app_commands.CommandTree["MusicBot"]):
     async def on_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-        if isinstance(cause, CommandRefused):
-            text = str(cause)
-        elif isinstance(cause, app_commands.CheckFailure):
-            text = str(cause) or "You cannot use that command here."
-        else:
-            command = interaction.command.name if interaction.command else "?"
-            log.error("/%s failed", command, exc_info=cause)
-            text = "Something went wrong on my side; the error was logged. Please try again."
-        await answer_privately(interaction, text)
-
-
-async def answer_privately(interaction: discord.Interaction, text: str) -> None:
-    """Answer `text` so only the invoker sees it, whether or not the answer was deferred."""
-    try:
-        if not interaction.response.is_done():
-            await interaction.response.send_message(text, ephemeral=True)
-            return
-        # A deferred ("thinking") answer is public: replace it with a private one.
-        await interaction.delete_original_response()
-        await interaction.followup.send(text, ephemeral=True)
-    except discord.HTTPException as exc:
-        log.warning("could not answer interaction %s: %s", interaction.id, exc)
+        command = interaction.command.name if interaction.command else "?"
+        await answer_privately(interaction, explain(error, f"/{command}"))
 
 
 class MusicBot(commands.Bot):
@@ -83,7 +62,9 @@ class MusicBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         from musicbot.dpy.cogs.music import Music
+        from musicbot.dpy.controls import PlayerButton, QueuePageButton
 
+        self.add_dynamic_items(PlayerButton, QueuePageButton)
         await self.add_cog(Music(self))
         if self.settings.command_guilds:
             for guild_id in self.settings.command_guilds:

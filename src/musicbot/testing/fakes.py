@@ -103,7 +103,10 @@ class FakeFrameSource:
         self.opened.append((track.title, start, volume))
         frames = self._frames(track, start)
         try:
-            yield frames
+            # A real source holds a nursery (ffmpeg's stderr reader); so does this one, so that
+            # a caller that misuses cancel scopes around it fails here as it would there.
+            async with trio.open_nursery():
+                yield frames
         finally:
             await frames.aclose()
             self.closed.append(track.title)

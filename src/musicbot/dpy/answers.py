@@ -1,0 +1,56 @@
+"""One answer for every interaction, errors included: refusals privately, bugs logged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+
+import discord
+from discord import app_commands
+
+from musicbot.core.messages import Refused
+from musicbot.dpy.checks import CommandRefused
+
+log = logging.getLogger(__name__)
+
+SORRY = "Something went wrong on my side; the error was logged. Please try again."
+
+
+def explain(error: BaseException, what: str) -> str:
+    """The text for the user; anything unexpected is logged with its traceback."""
+    if isinstance(error, app_commands.CommandInvokeError):
+        error = error.original
+    if isinstance(error, CommandRefused):
+        return str(error)
+    if isinstance(error, Refused):
+        text = str(error)
+        return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+    if isinstance(error, app_commands.CheckFailure):
+        return str(error) or "You cannot use that here."
+    log.error("%s failed", what, exc_info=error)
+    return SORRY
+
+
+async def answer_privately(interaction: discord.Interaction, text: str) -> None:
+    """Answer `text` so only the invoker sees it, whether or not the answer was deferred."""
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        if interaction.response.type in (discord.InteractionResponseType.deferred_channel_message,):
+            # A deferred ("thinking") answer is public: replace it with a private one.
+            await interaction.delete_original_response()
+        await interaction.followup.send(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not answer interaction %s: %s", interaction.id, exc)
+
+
+async def answering(interaction: discord.Interaction, work: Awaitable[None], what: str) -> None:
+    """Run `work` (which answers on success); on any failure answer privately instead.
+
+    discord.py only logs exceptions from component callbacks, so buttons go through this.
+    """
+    try:
+        await work
+    except Exception as error:
+        await answer_privately(interaction, explain(error, what))
