@@ -19,12 +19,13 @@ from musicbot.audio.command import FfmpegSettings
 from musicbot.audio.ffmpeg import FfmpegSource
 from musicbot.config import Settings
 from musicbot.core.cache import LRUCache
-from musicbot.core.messages import Resolved
+from musicbot.core.player import PlayerLimits
 from musicbot.core.supervisor import ResourceSupervisor, open_supervisor
 from musicbot.dpy.announcer import Announcer
 from musicbot.dpy.bot import MusicBot, open_bot
 from musicbot.dpy.voice import DiscordVoices
-from musicbot.sources.direct import DirectResolver
+from musicbot.sources.settings import SourceSettings
+from musicbot.sources.ytdl import YtdlResolver
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +42,55 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
     """The running bot and its supervisor. Needs a running trio-asyncio loop."""
     voices = DiscordVoices()
     announcer = Announcer()
-    cache: LRUCache[str, Resolved] = LRUCache(
-        max_size=settings.track_cache_size, ttl=settings.track_cache_ttl, clock=trio.current_time
-    )
-    frame_source = FfmpegSource(
-        FfmpegSettings(executable=settings.ffmpeg_path, bitrate_kbps=settings.opus_bitrate)
-    )
     async with (
         open_supervisor(
             make_voice=voices,
-            frame_source=frame_source,
-            resolver=DirectResolver(),
-            cache=cache,
+            frame_source=frame_source_for(settings),
+            resolver=resolver_for(settings),
+            cache=LRUCache(
+                max_size=settings.track_cache_size,
+                ttl=settings.track_cache_ttl,
+                clock=trio.current_time,
+            ),
             max_connections=settings.max_connections,
             idle_timeout=settings.idle_timeout,
             cleanup_interval=settings.cleanup_interval,
             on_event=announcer.on_event,
+            player_limits=PlayerLimits(
+                max_queue_length=settings.max_queue_length,
+                open_timeout=settings.track_start_timeout,
+                stall_timeout=settings.track_stall_timeout,
+            ),
         ) as supervisor,
         open_bot(settings, supervisor, announcer) as bot,
     ):
         voices.client = bot
         yield App(settings, supervisor, bot)
+
+
+def frame_source_for(settings: Settings) -> FfmpegSource:
+    return FfmpegSource(
+        FfmpegSettings(
+            executable=settings.ffmpeg_path,
+            bitrate_kbps=settings.opus_bitrate,
+            rw_timeout=settings.ffmpeg_read_timeout,
+        )
+    )
+
+
+def resolver_for(settings: Settings) -> YtdlResolver:
+    return YtdlResolver(
+        SourceSettings(
+            search_prefix=settings.search_prefix,
+            playlist_cap=settings.playlist_cap,
+            max_track_duration=settings.max_track_duration,
+            resolve_timeout=settings.resolve_timeout,
+            allow_hosts=settings.allow_hosts,
+            concurrency=settings.resolve_concurrency,
+            allow_live=settings.allow_live,
+            max_query_length=settings.max_query_length,
+        )
+    )
 
 
 async def serve(settings: Settings) -> None:

@@ -66,6 +66,25 @@ class Settings:
     """ffmpeg to run; default: the binary bundled with imageio-ffmpeg."""
     opus_bitrate: int = attrs.field(default=128, validator=_at_least_one)
     """Kilobits per second of the Opus stream sent to Discord."""
+    ffmpeg_read_timeout: float = attrs.field(default=10.0, validator=_positive)
+    """Seconds ffmpeg waits on a silent server before it reconnects."""
+
+    search_prefix: str = "ytsearch1:"
+    """How words (not links) are searched: a yt-dlp search key and how many results to take."""
+    playlist_cap: int = attrs.field(default=50, validator=_at_least_one)
+    max_track_duration: float = attrs.field(default=3 * 3600.0, validator=_positive)
+    max_queue_length: int = attrs.field(default=500, validator=_at_least_one)
+    max_query_length: int = attrs.field(default=500, validator=_at_least_one)
+    resolve_timeout: float = attrs.field(default=20.0, validator=_positive)
+    resolve_concurrency: int = attrs.field(default=4, validator=_at_least_one)
+    allow_live: bool = True
+    allow_hosts: tuple[str, ...] = ()
+    """Hosts or networks (CIDR) that may be private or loopback. By default every link must
+    lead to a public address, so strangers cannot make the bot fetch the operator's network."""
+    track_start_timeout: float = attrs.field(default=10.0, validator=_positive)
+    """Seconds a track may take to start sending audio before it counts as failed."""
+    track_stall_timeout: float = attrs.field(default=15.0, validator=_positive)
+    """Seconds without audio in the middle of a track before it counts as failed."""
 
     log_level: str = "INFO"
 
@@ -94,7 +113,7 @@ def _convert(name: str, raw: Any, kind: Any, where: str) -> Any:
         if origin is tuple:
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             (item_kind, _) = typing.get_args(kind)
-            return tuple(item_kind(item) for item in items if str(item).strip())
+            return tuple(item_kind(str(item).strip()) for item in items if str(item).strip())
         if kind is bool:
             if isinstance(raw, bool):
                 return raw
@@ -110,7 +129,8 @@ def _convert(name: str, raw: Any, kind: Any, where: str) -> Any:
 
 def _describe(kind: Any) -> str:
     if typing.get_origin(kind) is tuple:
-        return "a list of numbers"
+        (item_kind, _) = typing.get_args(kind)
+        return "a list of numbers" if item_kind is int else "a list of text"
     return {int: "a whole number", float: "a number", str: "text", bool: "true or false"}.get(
         kind, str(kind)
     )

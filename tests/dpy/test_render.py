@@ -1,9 +1,7 @@
 import pytest
 
 from musicbot.core.messages import Enqueued, Track
-from musicbot.core.ports import ResolveError
 from musicbot.dpy.render import enqueued_embed, format_duration
-from musicbot.sources.direct import DirectResolver
 
 
 @pytest.mark.parametrize(
@@ -24,15 +22,3 @@ def test_enqueued_embed_says_now_playing_or_the_position() -> None:
     fields = {field.name: field.value for field in later.fields}
     assert fields == {"Duration": "0:03", "Tracks added": "2"}
     assert later.footer.text == "7 more tracks were left out (playlist limit)"
-
-
-async def test_direct_resolver_takes_the_file_name_as_title() -> None:
-    resolved = await DirectResolver().resolve(" http://127.0.0.1:8/tone/My%20Song.mp3 ")
-    (track,) = resolved.tracks
-    assert (track.title, track.url) == ("My Song", "http://127.0.0.1:8/tone/My%20Song.mp3")
-
-
-@pytest.mark.parametrize("query", ["file:///etc/passwd", "ftp://x/a.mp3", "hello", "http://"])
-async def test_direct_resolver_refuses_anything_but_http_links(query: str) -> None:
-    with pytest.raises(ResolveError, match="http or https link"):
-        await DirectResolver().resolve(query)

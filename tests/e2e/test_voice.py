@@ -118,7 +118,7 @@ async def test_a_link_that_is_not_http_gets_a_private_answer_and_nothing_joins(
     await bob.join_voice("Music")
     answer = await reply_to(await bob.slash("play", query="file:///etc/passwd"))
     assert answer.ephemeral
-    assert "http or https" in answer.content
+    assert "I can only play http and https links" in answer.content
     assert loopback.app.supervisor.statistics().active == 0
 
 

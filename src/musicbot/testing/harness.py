@@ -39,6 +39,8 @@ def loopback_settings(discord: FakeDiscord, **overrides: Any) -> Settings:
         "gateway_url": discord.gateway_url,
         "ca_file": str(discord.ca_pem_path),
         "guild_ready_timeout": 0.05,
+        # The media server is on loopback; an operator's bot would refuse it.
+        "allow_hosts": ("127.0.0.1",),
     }
     values.update(overrides)
     return Settings(**values)

@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-MAX_QUERY_LENGTH = 500
-
 
 def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
@@ -103,8 +101,6 @@ class Music(commands.Cog):
     @app_commands.command(description="Play a song (a link or a search), or add it to the queue.")
     @app_commands.describe(query="A link, or words to search for")
     async def play(self, interaction: discord.Interaction, query: str) -> None:
-        if len(query) > MAX_QUERY_LENGTH:
-            raise CommandRefused(f"That is too long: keep it under {MAX_QUERY_LENGTH} characters.")
         channel = target_channel(interaction)
         await interaction.response.defer(thinking=True)
         try:
