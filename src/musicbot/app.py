@@ -10,6 +10,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import trio
@@ -20,6 +21,7 @@ from musicbot.audio.ffmpeg import FfmpegSource
 from musicbot.config import Settings
 from musicbot.core.cache import LRUCache
 from musicbot.core.player import PlayerLimits
+from musicbot.core.ports import Resolver
 from musicbot.core.supervisor import ResourceSupervisor, open_supervisor
 from musicbot.dpy.announcer import Announcer
 from musicbot.dpy.bot import MusicBot, open_bot
@@ -38,15 +40,19 @@ class App:
 
 
 @asynccontextmanager
-async def open_app(settings: Settings) -> AsyncIterator[App]:
-    """The running bot and its supervisor. Needs a running trio-asyncio loop."""
+async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> AsyncIterator[App]:
+    """The running bot and its supervisor. Needs a running trio-asyncio loop.
+
+    `resolver` replaces the yt-dlp resolver built from the settings (to embed musicbot with a
+    catalogue of your own, or to search the loopback media server).
+    """
     voices = DiscordVoices()
     announcer = Announcer()
     async with (
         open_supervisor(
             make_voice=voices,
             frame_source=frame_source_for(settings),
-            resolver=resolver_for(settings),
+            resolver=resolver or resolver_for(settings),
             cache=LRUCache(
                 max_size=settings.track_cache_size,
                 ttl=settings.track_cache_ttl,
@@ -78,7 +84,8 @@ def frame_source_for(settings: Settings) -> FfmpegSource:
     )
 
 
-def resolver_for(settings: Settings) -> YtdlResolver:
+def resolver_for(settings: Settings, **options: Any) -> YtdlResolver:
+    """The yt-dlp resolver as the settings describe it; `options` go to YtdlResolver."""
     return YtdlResolver(
         SourceSettings(
             search_prefix=settings.search_prefix,
@@ -89,7 +96,8 @@ def resolver_for(settings: Settings) -> YtdlResolver:
             concurrency=settings.resolve_concurrency,
             allow_live=settings.allow_live,
             max_query_length=settings.max_query_length,
-        )
+        ),
+        **options,
     )
 
 

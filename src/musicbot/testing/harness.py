@@ -14,10 +14,11 @@ from typing import Any
 import attrs
 import trio_asyncio
 
-from musicbot.app import App, open_app
+from musicbot.app import App, open_app, resolver_for
 from musicbot.config import Settings
 from musicbot.testing.loopback import FakeDiscord, Interaction, Message, open_fake_discord
 from musicbot.testing.media import MediaServer, open_media_server
+from musicbot.testing.search import SEARCH_PREFIX, with_loopback_search
 
 
 @attrs.frozen
@@ -41,6 +42,7 @@ def loopback_settings(discord: FakeDiscord, **overrides: Any) -> Settings:
         "guild_ready_timeout": 0.05,
         # The media server is on loopback; an operator's bot would refuse it.
         "allow_hosts": ("127.0.0.1",),
+        "search_prefix": SEARCH_PREFIX,
     }
     values.update(overrides)
     return Settings(**values)
@@ -62,9 +64,11 @@ async def open_loopback_bot(
         trio_asyncio.open_loop(),
         open_media_server(cache_dir=media_cache) as media,
         open_fake_discord(guilds=guilds) as discord,
-        open_app(loopback_settings(discord, **settings)) as app,
     ):
-        yield LoopbackBot(discord, media, app)
+        bot_settings = loopback_settings(discord, **settings)
+        resolver = resolver_for(bot_settings, make_ytdl=with_loopback_search(media))
+        async with open_app(bot_settings, resolver=resolver) as app:
+            yield LoopbackBot(discord, media, app)
 
 
 async def reply_to(interaction: Interaction) -> Message:

@@ -97,6 +97,12 @@ class MediaServer:
         query = f"?{urlencode({'title': title})}" if title is not None else ""
         return f"{self.base_url}/page/{name}{query}"
 
+    def playlist_url(self, *tones: tuple[int, float], title: str = "A loopback playlist") -> str:
+        """An HTML page with one `<audio>` tag per (frequency, seconds): yt-dlp reads it as a
+        playlist of those tones."""
+        listed = ",".join(f"{freq}:{seconds:g}" for freq, seconds in tones)
+        return f"{self.base_url}/playlist?{urlencode({'tones': listed, 'title': title})}"
+
     def not_found_url(self) -> str:
         return f"{self.base_url}/missing/track.mp3"
 
@@ -164,6 +170,9 @@ class MediaServer:
             await _plain(response, 405, "only GET and HEAD here\n", [("Allow", "GET, HEAD")])
             return
         route, _, rest = request.path.lstrip("/").partition("/")
+        if route == "playlist":
+            await self._playlist(request, response)
+            return
         if route == "redirect" and "to" in request.query:
             await _plain(response, 302, "moved\n", [("Location", request.query["to"])])
             return
@@ -199,6 +208,18 @@ class MediaServer:
         else:  # stalled
             after = int(request.query.get("after", "0"))
             await _send_cut(response, body, after, tone.content_type, stall=True)
+
+    async def _playlist(self, request: Request, response: Response) -> None:
+        tags = []
+        for item in request.query.get("tones", "").split(","):
+            tone = _parse_tone(item.replace(":", "/") + ".mp3")
+            if tone is None:
+                await _plain(response, 404, f"not a tone: {item!r}\n")
+                return
+            src = html.escape(f"{self.base_url}/tone/{quote(tone.name)}")
+            tags.append(f'<audio controls src="{src}" type="{tone.content_type}"></audio>')
+        title = request.query.get("title", "A loopback playlist")
+        await response.send_body(_page(title, "\n".join(tags)), "text/html")
 
 
 _TONE_ROUTES = frozenset({"tone", "page", "stalled", "truncated", "short"})
