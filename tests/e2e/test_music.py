@@ -284,3 +284,25 @@ async def test_impossible_requests_get_a_private_answer_and_playback_goes_on(
     assert (answer.content or "").startswith(expected)
     mark = len(loopback.discord.rtp_packets(GUILD))
     await heard(loopback, mark + 10)  # still playing
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("volume", {"level": 500}, "The volume goes from 0 to 200 %."),
+        ("volume", {"level": -1}, "The volume goes from 0 to 200 %."),
+        ("remove", {"position": 0}, "The queue is empty."),
+        ("loop", {"mode": "sideways"}, "Loop takes off, track or queue."),
+        ("seek", {"timestamp": "x" * 50}, "I could not read that time"),
+    ],
+)
+async def test_option_values_out_of_range_get_a_private_answer(
+    loopback: LoopbackBot, name: str, options: dict[str, object], expected: str
+) -> None:
+    """Discord's client keeps values in the declared ranges; an API client need not."""
+    alice = await member_in_music(loopback)
+    await play(alice, loopback.media.tone_url(440, 4))
+    answer = await reply_to(await alice.slash(name, checked=False, **options))
+    assert answer.ephemeral
+    assert (answer.content or "").startswith(expected), answer.content
+    await heard(loopback, 30)

@@ -97,11 +97,14 @@ def invocation(
     values: Mapping[str, OptionValue],
     *,
     focused: str | None = None,
+    checked: bool = True,
 ) -> tuple[JSON, CommandOption | None]:
     """`data` of an INTERACTION_CREATE for `/command path... name=value...`.
 
     With `focused`, builds an autocomplete (type 4) payload: every value is sent as typed text
     and the focused option carries `focused: true`. Returns the data and the focused option.
+    With `checked=False` values go out as given (any range, choice or length), the way an API
+    client that is not Discord's own could send them; names and required options still count.
     """
     schema: Sequence[CommandOption] = command.options
     where = f"/{command.name}"
@@ -136,9 +139,8 @@ def invocation(
                 {"name": option.name, "type": option.type, "value": str(value), "focused": True}
             )
         else:
-            leaf.append(
-                {"name": option.name, "type": option.type, "value": _checked(option, value, where)}
-            )
+            sent = _checked(option, value, where) if checked else value
+            leaf.append({"name": option.name, "type": option.type, "value": sent})
     if focused is not None and focused_option is None:
         raise LookupError(f"{where}: focused option {focused!r} must be given a value")
 

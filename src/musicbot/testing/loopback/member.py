@@ -83,14 +83,16 @@ class FakeMember:
         *,
         channel: str | None = None,
         wait: bool = True,
+        checked: bool = True,
         **options: OptionValue,
     ) -> Interaction:
         """Run `/command` ("queue remove" for a subcommand) with typed options, checked against
-        the schema the bot registered. With `wait`, returns once the bot answered (within
-        Discord's 3 s) and raises trio.TooSlowError if it did not."""
+        the schema the bot registered (`checked=False`: values out of range, off the choices or
+        too long go out anyway, as an API client could send them). With `wait`, returns once
+        the bot answered (within Discord's 3 s) and raises trio.TooSlowError if it did not."""
         name, *path = command.split()
         registered = self._command(name)
-        data, _ = commands.invocation(registered, path, options)
+        data, _ = commands.invocation(registered, path, options, checked=checked)
         interaction = self._dispatch(2, name, data, self._text_channel(channel))
         if wait:
             await interaction.wait_for_answer()
