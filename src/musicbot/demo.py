@@ -22,16 +22,33 @@ BUILTIN_SCENARIO: dict[str, Any] = {
     "guilds": 2,
     "steps": [
         {"user": "alice", "guild": 1, "join_voice": "Music"},
-        {"user": "alice", "guild": 1, "command": "play", "options": {"query": "tone:440:3"}},
+        {"user": "alice", "guild": 1, "command": "play", "options": {"query": "tone:440:2"}},
+        {"user": "alice", "guild": 1, "command": "play", "options": {"query": "a 550 hz tone"}},
+        {"user": "alice", "guild": 1, "command": "play", "options": {"query": "page:660:2"}},
         {"user": "bob", "guild": 2, "join_voice": "Music"},
-        {"user": "bob", "guild": 2, "command": "play", "options": {"query": "tone:660:3"}},
-        {"sleep": 3.5},
-        {"expect_audio": {"guild": 1, "dominant_hz": 440, "min_seconds": 2.5}},
-        {"expect_audio": {"guild": 2, "dominant_hz": 660, "min_seconds": 2.5}},
+        {"user": "bob", "guild": 2, "command": "play", "options": {"query": "tone:880:3"}},
+        {"user": "alice", "guild": 1, "command": "queue"},
+        {"sleep": 2.3},
+        {"expect_audio": {"guild": 1, "dominant_hz": 440, "min_seconds": 1.8}},
+        {"user": "alice", "guild": 1, "command": "nowplaying"},
+        {"user": "alice", "guild": 1, "command": "skip"},
+        {"sleep": 2.3},
+        {"expect_audio": {"guild": 1, "dominant_hz": 660, "min_seconds": 1.8}},
+        {"expect_audio": {"guild": 2, "dominant_hz": 880, "min_seconds": 2.5}},
+        {"user": "carol", "guild": 1, "join_voice": "Music"},
+        {
+            "user": "carol",
+            "guild": 1,
+            "command": "play",
+            "options": {"query": "missing"},
+            "expect_refusal": True,
+        },
         {"user": "alice", "guild": 1, "command": "leave"},
         {"user": "bob", "guild": 2, "command": "leave"},
     ],
 }
+"""Two guilds: a queue of a link, a search and a page; /queue, /nowplaying, /skip; a dead link
+(refused privately, the music plays on); both leave."""
 
 HZ_TOLERANCE = 5.0
 _TONE = re.compile(r"^(tone|page):(\d+):(\d+(?:\.\d+)?)$")

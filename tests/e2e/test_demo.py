@@ -15,11 +15,28 @@ from musicbot.demo import BUILTIN_SCENARIO, ScenarioError, load_scenario, run_sc
 async def test_the_builtin_scenario_works_and_hears_each_guild() -> None:
     transcript = await run_scenario(BUILTIN_SCENARIO, echo=False)
     assert transcript["ok"], transcript
+    steps = {s["index"]: s for s in transcript["steps"]}
     plays = [s for s in transcript["steps"] if s["command"] == "play"]
-    assert [s["embeds"][0]["title"] for s in plays] == ["Now playing", "Now playing"]
-    assert transcript["audio"]["1"]["dominant_hz"] == pytest.approx(440, abs=5)
-    assert transcript["audio"]["2"]["dominant_hz"] == pytest.approx(660, abs=5)
-    assert transcript["audio"]["1"]["seconds"] >= 2.5
+    assert [s["embeds"][0]["title"] if s["embeds"] else None for s in plays] == [
+        "Now playing",
+        "Queued at position 1",
+        "Queued at position 2",
+        "Now playing",
+        None,
+    ]
+    assert plays[-1]["ephemeral"]
+    assert "404" in plays[-1]["content"]
+    queue = next(s for s in transcript["steps"] if s["command"] == "queue")
+    assert queue["embeds"][0]["description"].count("\n") == 2  # playing + two upcoming
+    now = next(s for s in transcript["steps"] if s["command"] == "nowplaying")
+    assert "Progress" in now["embeds"][0]["fields"]
+    skip = next(s for s in transcript["steps"] if s["command"] == "skip")
+    assert skip["content"].startswith("⏭ Skipped")
+    heard = [s for s in steps.values() if s["command"] is None]
+    assert len(heard) == 3
+    assert all(s["ok"] for s in heard)
+    assert transcript["audio"]["2"]["dominant_hz"] == pytest.approx(880, abs=5)
+    assert transcript["audio"]["1"]["seconds"] >= 3.5
 
 
 async def test_unknown_commands_and_refusals_are_reported_in_their_steps() -> None:
