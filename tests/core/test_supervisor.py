@@ -124,7 +124,8 @@ async def test_an_idle_player_is_reaped_by_the_sweep_after_the_timeout(
         assert (stats.reaped, stats.cleanups) == (1, 13)
         assert stats.last_cleanup is not None
         assert [r.guild_id for r in stats.last_cleanup.reaped] == [1]
-        assert stats.last_cleanup.reaped[0].idle_seconds == pytest.approx(3900, abs=1e-6)
+        assert stats.last_cleanup.reaped[0].seconds == pytest.approx(3900, abs=1e-6)
+        assert stats.last_cleanup.reaped[0].reason is EndReason.IDLE
         ended = [e for e in rig.events if isinstance(e, PlayerEnded)]
         assert [(e.guild_id, e.reason) for e in ended] == [(1, EndReason.IDLE)]
 
@@ -179,7 +180,7 @@ async def test_cleanup_now_reaps_idle_players_and_purges_the_cache(autojump_cloc
         await trio.sleep(45)
         report = await supervisor.cleanup()
         assert sorted(r.guild_id for r in report.reaped) == [2, 3]
-        assert all(r.idle_seconds == pytest.approx(105) for r in report.reaped)
+        assert all(r.seconds == pytest.approx(105) for r in report.reaped)
         assert report.cache_expired == 1
         assert report.at == pytest.approx(105)
         assert 0 <= report.duration <= DISCONNECT_TIMEOUT
@@ -381,3 +382,76 @@ async def test_leave_waits_until_the_voice_is_gone(autojump_clock: Clock) -> Non
         assert rig.voice(1).disconnects == 1
         ended = [e for e in rig.events if isinstance(e, PlayerEnded)]
         assert [(e.guild_id, e.reason) for e in ended] == [(1, EndReason.LEFT)]
+
+
+async def test_a_player_alone_in_its_channel_too_long_is_reaped_even_while_playing(
+    autojump_clock: Clock,
+) -> None:
+    rig = Rig()
+    options = {"alone_timeout": 300, "cleanup_interval": 60}
+    async with rig.supervisor(**options) as supervisor:
+        player = await supervisor.get_player(1)
+        await player.enqueue(tone_track("long", 3600))
+        await trio.sleep(10)
+        supervisor.set_alone(1, True)
+        await trio.sleep(200)
+        supervisor.set_alone(1, False)  # someone came back: the clock starts over
+        await trio.sleep(100)
+        supervisor.set_alone(1, True)
+        await trio.sleep(300)
+        assert supervisor.statistics().active == 1
+        await trio.sleep(60)
+        await trio.testing.wait_all_tasks_blocked()
+        stats = supervisor.statistics()
+        assert stats.active == 0
+        assert stats.last_cleanup is not None
+        (reaped,) = stats.last_cleanup.reaped
+        assert reaped.reason is EndReason.ALONE
+        assert 300 < reaped.seconds <= 360
+        ended = [e for e in rig.events if isinstance(e, PlayerEnded)]
+        assert [(e.reason, e.seconds) for e in ended] == [(EndReason.ALONE, reaped.seconds)]
+
+
+async def test_a_player_paused_too_long_is_reaped(autojump_clock: Clock) -> None:
+    rig = Rig()
+    options = {"paused_timeout": 1800, "idle_timeout": 7200, "cleanup_interval": 300}
+    async with rig.supervisor(**options) as supervisor:
+        player = await supervisor.get_player(1)
+        await player.enqueue(tone_track("long", 3600))
+        await trio.sleep(10)
+        await player.pause()
+        await trio.sleep(1800)
+        assert supervisor.statistics().players[0].paused_seconds == pytest.approx(1800)
+        await trio.sleep(300)
+        await trio.testing.wait_all_tasks_blocked()
+        stats = supervisor.statistics()
+        assert stats.active == 0
+        assert stats.last_cleanup is not None
+        assert [r.reason for r in stats.last_cleanup.reaped] == [EndReason.PAUSED]
+
+
+async def test_pacing_over_the_last_minute_counts_sent_and_missing_frames(
+    autojump_clock: Clock,
+) -> None:
+    class StallingSource(FakeFrameSource):
+        async def _frames(self, track, start):  # type: ignore[no-untyped-def,override]
+            for k in range(500):
+                if k == 100:
+                    await trio.sleep(1.0)  # the network stalls for a second
+                await trio.lowlevel.checkpoint()
+                yield b"%d" % k
+
+    rig = Rig()
+    rig.source = StallingSource()
+    async with rig.supervisor() as supervisor:
+        player = await supervisor.get_player(1)
+        await player.enqueue(tone_track("t", 10))
+        await trio.sleep(12)
+        (stats,) = supervisor.statistics().players
+        assert stats.frames_sent_last_minute == 500
+        assert stats.frames_missing_last_minute == 49  # 0.98 s late: 49 slots went empty
+        assert stats.resyncs == 1
+        await trio.sleep(60)
+        (later,) = supervisor.statistics().players
+        assert (later.frames_sent_last_minute, later.frames_missing_last_minute) == (0, 0)
+        assert later.frames_sent == 500

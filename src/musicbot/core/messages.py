@@ -176,7 +176,13 @@ class GetQueue(Request[QueueView]):
 
 class EndReason(enum.Enum):
     LEFT = "left"
+    """Someone ran /leave."""
     IDLE = "idle"
+    """Nothing played and nobody asked for anything for idle_timeout."""
+    ALONE = "alone"
+    """Nobody else was in the voice channel for alone_timeout."""
+    PAUSED = "paused"
+    """Paused for paused_timeout."""
     CRASHED = "crashed"
     SHUTDOWN = "shutdown"
 
@@ -202,7 +208,8 @@ class TrackFailed:
 class PlayerEnded:
     guild_id: int
     reason: EndReason
-    idle_seconds: float
+    seconds: float
+    """How long it had been in the state that ended it (idle, alone, paused)."""
 
 
 PlayerEvent = TrackStarted | TrackFailed | PlayerEnded

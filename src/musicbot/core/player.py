@@ -38,6 +38,7 @@ from musicbot.core.messages import (
     TrackFailed,
     TrackStarted,
 )
+from musicbot.core.pacing import FrameWindow
 from musicbot.core.ports import (
     FRAME_SECONDS,
     EventSink,
@@ -92,7 +93,13 @@ class PlayerStatistics:
     queue_length: int
     frames_sent: int
     frames_late: int
+    frames_sent_last_minute: int
+    frames_missing_last_minute: int
+    """Frames that should have gone out in the last minute but did not (the source stalled)."""
     resyncs: int
+    alone_seconds: float
+    """Seconds nobody else has been in the voice channel; 0 when someone is."""
+    paused_seconds: float
     lateness_p50: float
     lateness_p99: float
     lateness_max: float
@@ -181,6 +188,9 @@ class GuildPlayer:
         self._frames_sent = 0
         self._frames_late = 0
         self._resyncs = 0
+        self._window = FrameWindow()
+        self._alone_since: float | None = None
+        self._paused_since: float | None = None
         self._lateness: deque[float] = deque(maxlen=LATENESS_WINDOW)
 
     # --- the actor ---------------------------------------------------------------------------
@@ -233,6 +243,7 @@ class GuildPlayer:
                 if self._current is None or self._paused:
                     return False
                 self._paused = True
+                self._paused_since = trio.current_time()
                 self._resumed = trio.Event()
                 return True
             case Resume():
@@ -450,11 +461,14 @@ class GuildPlayer:
                     due = anchor + k * FRAME_SECONDS
                 now = trio.current_time()
                 lateness = now - due
+                missed = 0
                 if lateness > RESYNC_AFTER:
                     anchor += lateness
                     self._resyncs += 1
+                    missed = round(lateness / FRAME_SECONDS)
                 await self._set_speaking(True)
                 self._voice.send_frame(frame)
+                self._window.record(now, sent=1, missed=missed)
                 self._frames_sent += 1
                 self._frames_into_stream += 1
                 if lateness > LATE_AFTER:
@@ -479,6 +493,22 @@ class GuildPlayer:
 
     # --- what the supervisor reads -----------------------------------------------------------
 
+    def set_alone(self, alone: bool) -> None:
+        """What the voice channel looks like: nobody but the bot in it, or someone listening."""
+        if not alone:
+            self._alone_since = None
+        elif self._alone_since is None:
+            self._alone_since = trio.current_time()
+
+    def alone_seconds(self) -> float:
+        since = self._alone_since
+        return 0.0 if since is None else trio.current_time() - since
+
+    def paused_seconds(self) -> float:
+        if not self._paused or self._paused_since is None:
+            return 0.0
+        return trio.current_time() - self._paused_since
+
     @property
     def state(self) -> PlayerState:
         if self._current is None:
@@ -493,6 +523,7 @@ class GuildPlayer:
 
     def statistics(self) -> PlayerStatistics:
         ordered = sorted(self._lateness)
+        sent, missing = self._window.totals(trio.current_time())
         return PlayerStatistics(
             guild_id=self.guild_id,
             state=self.state,
@@ -500,7 +531,11 @@ class GuildPlayer:
             queue_length=len(self._queue),
             frames_sent=self._frames_sent,
             frames_late=self._frames_late,
+            frames_sent_last_minute=sent,
+            frames_missing_last_minute=missing,
             resyncs=self._resyncs,
+            alone_seconds=self.alone_seconds(),
+            paused_seconds=self.paused_seconds(),
             lateness_p50=_percentile(ordered, 0.50),
             lateness_p99=_percentile(ordered, 0.99),
             lateness_max=ordered[-1] if ordered else 0.0,

@@ -125,7 +125,9 @@ class PlayerHandle:
 @attrs.frozen
 class ReapedPlayer:
     guild_id: int
-    idle_seconds: float
+    reason: EndReason
+    seconds: float
+    """How long it had been idle, alone or paused."""
 
 
 @attrs.frozen
@@ -165,14 +167,17 @@ class _Child:
     finished: trio.Event = attrs.Factory(trio.Event)
     failure: str | None = None
     end_reason: EndReason | None = None
+    ended_after: float = 0.0
 
     @property
     def closing(self) -> bool:
         return self.end_reason is not None or self.player.ending
 
-    def end(self, reason: EndReason) -> None:
+    def end(self, reason: EndReason, after: float = 0.0) -> None:
+        """Cancel the player's scope; `after`: how long it was in the state that ends it."""
         if self.end_reason is None:
             self.end_reason = reason
+            self.ended_after = after
         self.lifetime.cancel(reason=reason.value)
 
     def started(self, value: object = None) -> None:
@@ -209,6 +214,8 @@ class ResourceSupervisor:
         inbox: Inbox,
         max_connections: int,
         idle_timeout: float,
+        alone_timeout: float,
+        paused_timeout: float,
         cleanup_interval: float,
         cache: LRUCache[str, Resolved],
         make_voice: VoiceFactory,
@@ -221,6 +228,8 @@ class ResourceSupervisor:
         self._inbox = inbox
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.alone_timeout = alone_timeout
+        self.paused_timeout = paused_timeout
         self.cleanup_interval = cleanup_interval
         self.cache = cache
         self._make_voice = make_voice
@@ -281,17 +290,36 @@ class ResourceSupervisor:
         self.cache.set(query, resolved)
         return resolved
 
+    def set_alone(self, guild_id: int, alone: bool) -> None:
+        """The adapter saw the guild's voice channel empty of listeners (or not)."""
+        child = self._children.get(guild_id)
+        if child is not None:
+            child.player.set_alone(alone)
+
+    def _overstay(self, player: GuildPlayer) -> tuple[EndReason, float] | None:
+        """Why a player should go, by the idle policies, and for how long that has been so."""
+        for reason, seconds, limit in (
+            (EndReason.ALONE, player.alone_seconds(), self.alone_timeout),
+            (EndReason.PAUSED, player.paused_seconds(), self.paused_timeout),
+            (EndReason.IDLE, player.idle_seconds(), self.idle_timeout),
+        ):
+            if seconds > limit:
+                return reason, seconds
+        return None
+
     async def cleanup(self) -> CleanupReport:
-        """Run the idle sweep now: end idle players, purge expired cache entries."""
+        """Run the idle sweep now: end players that are idle, alone or paused for too long, and
+        purge expired cache entries."""
         started = trio.current_time()
         reaped: list[tuple[_Child, ReapedPlayer]] = []
         for guild_id, child in list(self._children.items()):
             if child.closing or not child.ready.is_set():
                 continue
-            idle = child.player.idle_seconds()
-            if idle > self.idle_timeout:
-                child.end(EndReason.IDLE)
-                reaped.append((child, ReapedPlayer(guild_id, idle)))
+            overstay = self._overstay(child.player)
+            if overstay is not None:
+                reason, seconds = overstay
+                child.end(reason, seconds)
+                reaped.append((child, ReapedPlayer(guild_id, reason, seconds)))
         expired = self.cache.purge_expired()
         for child, _ in reaped:
             await child.finished.wait()
@@ -306,9 +334,9 @@ class ResourceSupervisor:
         self._last_cleanup = report
         if reaped:
             log.info(
-                "cleanup reaped %d idle player(s): %s",
+                "cleanup reaped %d player(s): %s",
                 len(reaped),
-                ", ".join(str(entry.guild_id) for _, entry in reaped),
+                ", ".join(f"{e.guild_id} ({e.reason.value})" for _, e in reaped),
             )
         return report
 
@@ -398,7 +426,8 @@ class ResourceSupervisor:
             child.ready.set()
             child.finished.set()
             if child.failure is None:
-                self._on_event(PlayerEnded(guild_id, child.end_reason, child.player.idle_seconds()))
+                seconds = child.ended_after or child.player.idle_seconds()
+                self._on_event(PlayerEnded(guild_id, child.end_reason, seconds))
 
 
 @asynccontextmanager
@@ -408,6 +437,8 @@ async def open_supervisor(
     frame_source: FrameSource,
     max_connections: int = 10,
     idle_timeout: float = 3600.0,
+    alone_timeout: float = 300.0,
+    paused_timeout: float = 1800.0,
     cleanup_interval: float = 300.0,
     cache: LRUCache[str, Resolved] | None = None,
     resolver: Resolver | None = None,
@@ -421,8 +452,8 @@ async def open_supervisor(
     """
     if max_connections < 1:
         raise ValueError(f"max_connections must be at least 1, not {max_connections}")
-    if cleanup_interval <= 0 or idle_timeout <= 0:
-        raise ValueError("idle_timeout and cleanup_interval must be positive")
+    if min(cleanup_interval, idle_timeout, alone_timeout, paused_timeout) <= 0:
+        raise ValueError("the idle timeouts and cleanup_interval must be positive")
     inbox_tx, inbox_rx = trio.open_memory_channel[Any](0)
     body_error: Exception | None = None
     async with trio.open_nursery() as players:
@@ -431,6 +462,8 @@ async def open_supervisor(
             inbox=inbox_tx,
             max_connections=max_connections,
             idle_timeout=idle_timeout,
+            alone_timeout=alone_timeout,
+            paused_timeout=paused_timeout,
             cleanup_interval=cleanup_interval,
             cache=cache if cache is not None else LRUCache(clock=trio.current_time),
             make_voice=make_voice,

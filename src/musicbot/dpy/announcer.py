@@ -21,6 +21,7 @@ from musicbot.dpy.render import started_embed
 log = logging.getLogger(__name__)
 
 BACKLOG = 256
+LEFT = "Left the voice channel"
 
 
 def describe(event: PlayerEvent) -> dict[str, Any] | None:
@@ -31,10 +32,15 @@ def describe(event: PlayerEvent) -> dict[str, Any] | None:
         case TrackFailed(track=track, reason=reason):
             title = discord.utils.escape_markdown(track.title)
             return {"content": f"Could not play **{title}**: {reason}. Moving on."}
-        case PlayerEnded(reason=EndReason.IDLE, idle_seconds=idle):
-            minutes = max(1, round(idle / 60))
+        case PlayerEnded(reason=EndReason.IDLE, seconds=seconds):
+            return {"content": f"Left the voice channel: nothing played for {_span(seconds)}."}
+        case PlayerEnded(reason=EndReason.ALONE, seconds=seconds):
             return {
-                "content": f"Left the voice channel after {minutes} minutes with nothing playing."
+                "content": f"Left the voice channel: nobody was listening for {_span(seconds)}."
+            }
+        case PlayerEnded(reason=EndReason.PAUSED, seconds=seconds):
+            return {
+                "content": f"Left the voice channel: the music was paused for {_span(seconds)}."
             }
         case PlayerEnded(reason=EndReason.CRASHED):
             return {
@@ -42,6 +48,18 @@ def describe(event: PlayerEvent) -> dict[str, Any] | None:
                 "the error was logged."
             }
     return None
+
+
+def _span(seconds: float) -> str:
+    """`45 seconds`, `5 minutes`, `1 hour 5 minutes`."""
+    if seconds < 90:
+        return f"{round(seconds)} seconds"
+    minutes = round(seconds / 60)
+    hours, minutes = divmod(minutes, 60)
+    if not hours:
+        return f"{minutes} minutes"
+    hour_text = "1 hour" if hours == 1 else f"{hours} hours"
+    return f"{hour_text} {minutes} minutes" if minutes else hour_text
 
 
 class Announcer:
