@@ -7,9 +7,12 @@ The supervisor is entered before the bot connects and left after it disconnects,
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -18,7 +21,7 @@ import trio_asyncio
 
 from musicbot.audio.command import FfmpegSettings
 from musicbot.audio.ffmpeg import FfmpegSource
-from musicbot.config import Settings
+from musicbot.config import Settings, StartupError
 from musicbot.core.cache import LRUCache
 from musicbot.core.player import PlayerLimits
 from musicbot.core.ports import Resolver
@@ -26,10 +29,17 @@ from musicbot.core.supervisor import ResourceSupervisor, open_supervisor
 from musicbot.dpy.announcer import Announcer
 from musicbot.dpy.bot import MusicBot, open_bot
 from musicbot.dpy.voice import DiscordVoices
+from musicbot.metrics import open_metrics_server
 from musicbot.sources.settings import SourceSettings
 from musicbot.sources.ytdl import YtdlResolver
 
 log = logging.getLogger(__name__)
+
+EXIT_AT_ONCE = 130
+
+
+DRAIN_TIMEOUT = 4.0
+"""Seconds shutdown gives players to leave voice before the gateway closes (5 s in all)."""
 
 
 @attrs.frozen
@@ -37,6 +47,7 @@ class App:
     settings: Settings
     supervisor: ResourceSupervisor
     bot: MusicBot
+    metrics_url: str | None = None
 
 
 @asynccontextmanager
@@ -46,6 +57,7 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
     `resolver` replaces the yt-dlp resolver built from the settings (to embed musicbot with a
     catalogue of your own, or to search the loopback media server).
     """
+    check_cache_dir(settings.cache_dir)
     voices = DiscordVoices()
     announcer = Announcer()
     async with (
@@ -60,6 +72,8 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
             ),
             max_connections=settings.max_connections,
             idle_timeout=settings.idle_timeout,
+            alone_timeout=settings.alone_timeout,
+            paused_timeout=settings.paused_timeout,
             cleanup_interval=settings.cleanup_interval,
             on_event=announcer.on_event,
             player_limits=PlayerLimits(
@@ -68,20 +82,60 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
                 stall_timeout=settings.track_stall_timeout,
             ),
         ) as supervisor,
+        open_metrics(settings, supervisor) as metrics_url,
         open_bot(settings, supervisor, announcer) as bot,
     ):
         voices.client = bot
-        yield App(settings, supervisor, bot)
+        try:
+            yield App(settings, supervisor, bot, metrics_url)
+        finally:
+            # Voice first, while the gateway can still carry the "left voice" updates.
+            with trio.move_on_after(DRAIN_TIMEOUT, shield=True):
+                await supervisor.drain()
+
+
+@asynccontextmanager
+async def open_metrics(
+    settings: Settings, supervisor: ResourceSupervisor
+) -> AsyncIterator[str | None]:
+    """The Prometheus endpoint, when `metrics_port` is set; yields its URL."""
+    if settings.metrics_port is None:
+        yield None
+        return
+    server = open_metrics_server(supervisor, host=settings.metrics_host, port=settings.metrics_port)
+    async with AsyncExitStack() as stack:
+        try:  # only binding: an OSError from the body is not the metrics' fault
+            running = await stack.enter_async_context(server)
+        except OSError as exc:
+            where = f"{settings.metrics_host}:{settings.metrics_port}"
+            raise StartupError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
+        log.info("metrics at %s", running.url)
+        yield running.url
+
+
+def check_cache_dir(path: str) -> None:
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StartupError(f"the cache directory {directory} is not writable: {reason}") from None
 
 
 def frame_source_for(settings: Settings) -> FfmpegSource:
-    return FfmpegSource(
-        FfmpegSettings(
-            executable=settings.ffmpeg_path,
-            bitrate_kbps=settings.opus_bitrate,
-            rw_timeout=settings.ffmpeg_read_timeout,
+    try:
+        return FfmpegSource(
+            FfmpegSettings(
+                executable=settings.ffmpeg_path,
+                bitrate_kbps=settings.opus_bitrate,
+                rw_timeout=settings.ffmpeg_read_timeout,
+            )
         )
-    )
+    except ValueError as exc:
+        hint = "set ffmpeg_path to one, or leave it unset for the bundled one"
+        raise StartupError(f"{exc}: {hint}") from None
 
 
 def resolver_for(settings: Settings, **options: Any) -> YtdlResolver:
@@ -102,9 +156,25 @@ def resolver_for(settings: Settings, **options: Any) -> YtdlResolver:
 
 
 async def serve(settings: Settings) -> None:
-    """Run the bot until SIGINT or SIGTERM; then shut down cleanly."""
+    """Run the bot until SIGINT or SIGTERM, then shut down in order (voice, child processes,
+    gateway) within about 5 s. A second signal exits at once."""
+    stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio_asyncio.open_loop(), open_app(settings):
-            async for signum in signals:
-                log.info("%s received: shutting down", signal.Signals(signum).name)
-                break
+        async with trio.open_nursery() as watchers:
+            watchers.start_soon(_watch_signals, signals, stop)
+            async with trio_asyncio.open_loop(), open_app(settings):
+                log.info("running; SIGINT or SIGTERM stops")
+                await stop.wait()
+            watchers.cancel_scope.cancel()
+    log.info("stopped cleanly")
+
+
+async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if not stop.is_set():
+            log.warning("%s: shutting down (send it again to exit at once)", name)
+            stop.set()
+        else:
+            log.warning("%s again: exiting at once", name)
+            os._exit(EXIT_AT_ONCE)

@@ -9,10 +9,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from musicbot.config import TOKEN_ENV, ConfigError, load_settings
+from musicbot.config import TOKEN_ENV, ConfigError, StartupError, load_settings
 
 EXIT_USAGE = 2
-"""Exit status for a problem the operator must fix first (configuration, token)."""
+"""Exit status for a problem in the command line or configuration."""
+EXIT_STARTUP = 1
+"""Exit status when the bot could not start as configured (ffmpeg, cache directory, token)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,8 +61,26 @@ def run_command(config: str | None) -> int:
 
     from musicbot.app import serve
 
-    trio.run(serve, settings)
+    try:
+        trio.run(serve, settings)
+    except BaseException as exc:
+        startup = _startup_error(exc)
+        if startup is None:
+            raise
+        return _fail(str(startup), EXIT_STARTUP)
     return 0
+
+
+def _startup_error(exc: BaseException) -> StartupError | None:
+    """The StartupError inside `exc`, however deep in exception groups (nurseries wrap)."""
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def check_config_command(config: str | None) -> int:

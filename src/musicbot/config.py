@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import platformdirs
 
 ENV_PREFIX = "MUSICBOT_"
 TOKEN_ENV = "DISCORD_TOKEN"
@@ -23,6 +24,11 @@ TOKEN_ENV = "DISCORD_TOKEN"
 
 class ConfigError(Exception):
     """The configuration is invalid. The message is one line an operator can act on."""
+
+
+class StartupError(Exception):
+    """The bot cannot start as configured (no ffmpeg, an unwritable cache, a refused token...).
+    The message is one line an operator can act on."""
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -33,6 +39,11 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
 def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if value < 1:
         raise ConfigError(f"{attribute.name} must be at least 1, not {value!r}")
+
+
+def _log_level(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
 
 
 def _url(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -58,9 +69,18 @@ class Settings:
 
     max_connections: int = attrs.field(default=10, validator=_at_least_one)
     idle_timeout: float = attrs.field(default=3600.0, validator=_positive)
+    """Seconds with nothing playing and no command before the sweep disconnects."""
+    alone_timeout: float = attrs.field(default=300.0, validator=_positive)
+    """Seconds with nobody else in the voice channel before the sweep disconnects."""
+    paused_timeout: float = attrs.field(default=1800.0, validator=_positive)
+    """Seconds paused before the sweep disconnects."""
     cleanup_interval: float = attrs.field(default=300.0, validator=_positive)
+    """Seconds between idle sweeps."""
     track_cache_size: int = attrs.field(default=500, validator=_at_least_one)
     track_cache_ttl: float = attrs.field(default=1800.0, validator=_positive)
+
+    cache_dir: str = attrs.field(factory=lambda: platformdirs.user_cache_dir("musicbot"))
+    """Where processed songs are kept; checked for writing at start-up."""
 
     ffmpeg_path: str | None = None
     """ffmpeg to run; default: the binary bundled with imageio-ffmpeg."""
@@ -86,7 +106,15 @@ class Settings:
     track_stall_timeout: float = attrs.field(default=15.0, validator=_positive)
     """Seconds without audio in the middle of a track before it counts as failed."""
 
-    log_level: str = "INFO"
+    owner_ids: tuple[int, ...] = ()
+    """Users who may run the admin commands (/resources, /cleanup) in every server."""
+    admin_roles: tuple[str, ...] = ()
+    """Roles (by name or id) whose members may run the admin commands."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on this port (off when unset)."""
+    metrics_host: str = "127.0.0.1"
+
+    log_level: str = attrs.field(default="INFO", validator=_log_level)
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain values, with the token masked."""

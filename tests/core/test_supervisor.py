@@ -13,7 +13,12 @@ from musicbot.core.mailbox import ActorGone
 from musicbot.core.messages import EndReason, PlayerEnded, PlayerState, Resolved
 from musicbot.core.player import DISCONNECT_TIMEOUT
 from musicbot.core.ports import ResolveError, VoiceConnectError
-from musicbot.core.supervisor import ResourceSupervisor, SpawnRefused, open_supervisor
+from musicbot.core.supervisor import (
+    ResourceSupervisor,
+    ShuttingDown,
+    SpawnRefused,
+    open_supervisor,
+)
 from musicbot.testing import FakeFrameSource, FakeResolver, FakeVoice, tone_track
 
 Clock = trio.abc.Clock
@@ -455,3 +460,19 @@ async def test_pacing_over_the_last_minute_counts_sent_and_missing_frames(
         (later,) = supervisor.statistics().players
         assert (later.frames_sent_last_minute, later.frames_missing_last_minute) == (0, 0)
         assert later.frames_sent == 500
+
+
+async def test_drain_ends_every_player_and_refuses_new_ones(autojump_clock: Clock) -> None:
+    rig = Rig()
+    async with rig.supervisor() as supervisor:
+        for guild_id in range(5):
+            await (await supervisor.get_player(guild_id)).enqueue(tone_track("t", 60))
+        await trio.sleep(1)
+        await supervisor.drain()
+        assert supervisor.statistics().active == 0
+        assert all(v[0].disconnects == 1 for v in rig.voices.values())
+        assert rig.source.closed == ["t"] * 5
+        with pytest.raises(ShuttingDown, match="restarting"):
+            await supervisor.get_player(9)
+    ended = [e for e in rig.events if isinstance(e, PlayerEnded)]
+    assert [e.reason for e in ended] == [EndReason.SHUTDOWN] * 5

@@ -70,6 +70,10 @@ class SpawnRefused(Refused):
         self.active = active
 
 
+class ShuttingDown(Refused):
+    """No new players: the bot is shutting down."""
+
+
 class PlayerHandle:
     """The face of one GuildPlayer: every method is a request to the actor (Trio-flavoured)."""
 
@@ -153,6 +157,11 @@ class SupervisorStatistics:
     last_cleanup: CleanupReport | None
     uptime: float
     cache: CacheStatistics
+    frames_sent: int
+    """Frames sent since start, by every player, those gone included (never goes down)."""
+    frames_late: int
+    taken_at: float
+    """When this snapshot was taken, in the supervisor's clock (as CleanupReport.at is)."""
 
 
 @attrs.define(eq=False)
@@ -238,9 +247,11 @@ class ResourceSupervisor:
         self._on_event = on_event
         self._player_limits = player_limits
         self._children: dict[int, _Child] = {}
+        self._accepting = True
         self._started_at = trio.current_time()
         self._spawns = self._refusals = self._connect_failures = 0
         self._reaped = self._crashes = self._cleanups = 0
+        self._frames_sent_by_departed = self._frames_late_by_departed = 0
         self._last_cleanup: CleanupReport | None = None
 
     # --- the Trio-flavoured face -------------------------------------------------------------
@@ -289,6 +300,17 @@ class ResourceSupervisor:
         resolved = await self._resolver.resolve(query)
         self.cache.set(query, resolved)
         return resolved
+
+    async def drain(self) -> None:
+        """Shut down in order: refuse new players, end every player (voice disconnected, child
+        processes reaped), and return when all are gone. Leaving `open_supervisor` does the
+        same by cancellation; this lets the caller do it while the rest is still up."""
+        self._accepting = False
+        children = list(self._children.values())
+        for child in children:
+            child.end(EndReason.SHUTDOWN)
+        for child in children:
+            await child.finished.wait()
 
     def set_alone(self, guild_id: int, alone: bool) -> None:
         """The adapter saw the guild's voice channel empty of listeners (or not)."""
@@ -359,6 +381,9 @@ class ResourceSupervisor:
             last_cleanup=self._last_cleanup,
             uptime=trio.current_time() - self._started_at,
             cache=self.cache.statistics(),
+            frames_sent=self._frames_sent_by_departed + sum(p.frames_sent for p in players),
+            frames_late=self._frames_late_by_departed + sum(p.frames_late for p in players),
+            taken_at=trio.current_time(),
         )
 
     # --- the actor ---------------------------------------------------------------------------
@@ -372,7 +397,7 @@ class ResourceSupervisor:
         finally:
             close_inbox(inbox)
 
-    def _answer(self, body: object) -> _Spawning | _Closing | SpawnRefused:
+    def _answer(self, body: object) -> _Spawning | _Closing | Refused:
         if not isinstance(body, _GetPlayer):
             raise TypeError(f"ResourceSupervisor got an unknown message: {body!r}")
         child = self._children.get(body.guild_id)
@@ -380,6 +405,8 @@ class ResourceSupervisor:
             if child.closing:
                 return _Closing(child.finished)
             return _Spawning(child)
+        if not self._accepting:
+            return ShuttingDown("I am restarting; please try again in a minute")
         if len(self._children) >= self.max_connections:
             self._refusals += 1
             return SpawnRefused(self.max_connections, len(self._children))
@@ -422,6 +449,9 @@ class ResourceSupervisor:
             if child.end_reason is None:
                 child.end_reason = EndReason.SHUTDOWN
             del self._children[guild_id]
+            departed = child.player.statistics()
+            self._frames_sent_by_departed += departed.frames_sent
+            self._frames_late_by_departed += departed.frames_late
             child.inbox.close()
             child.ready.set()
             child.finished.set()

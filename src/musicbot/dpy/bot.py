@@ -14,11 +14,11 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from musicbot.config import Settings
+from musicbot.config import Settings, StartupError
 from musicbot.core.supervisor import ResourceSupervisor
 from musicbot.dpy.announcer import Announcer
 from musicbot.dpy.answers import answer_privately, explain
-from musicbot.dpy.bridge import call_asyncio_from_trio
+from musicbot.dpy.bridge import call_asyncio_from_trio, call_trio_from_asyncio
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,13 @@ class MusicBot(commands.Bot):
         self.ready = trio.Event()
 
     async def setup_hook(self) -> None:
+        from musicbot.dpy.cogs.admin import Admin
         from musicbot.dpy.cogs.music import Music
         from musicbot.dpy.controls import PlayerButton, QueuePageButton
 
         self.add_dynamic_items(PlayerButton, QueuePageButton)
         await self.add_cog(Music(self))
+        await self.add_cog(Admin(self))
         if self.settings.command_guilds:
             for guild_id in self.settings.command_guilds:
                 guild = discord.Object(guild_id)
@@ -73,6 +75,20 @@ class MusicBot(commands.Bot):
                 await self.tree.sync(guild=guild)
         else:
             await self.tree.sync()
+
+    async def on_voice_state_update(
+        self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
+    ) -> None:
+        """Keep each player told whether anyone is still listening (the alone policy)."""
+        guild = member.guild
+        voice = guild.voice_client
+        if voice is None or not isinstance(voice.channel, discord.VoiceChannel):
+            return
+        listeners = [m for m in voice.channel.members if not m.bot]
+        await call_trio_from_asyncio(self._note_alone, guild.id, not listeners)
+
+    async def _note_alone(self, guild_id: int, alone: bool) -> None:
+        self.supervisor.set_alone(guild_id, alone)
 
     async def on_ready(self) -> None:
         log.info("logged in as %s in %d guilds", self.user, len(self.guilds))
@@ -122,10 +138,23 @@ async def open_bot(
             yield bot
 
 
+async def _run_client(bot: MusicBot, token: str) -> None:
+    """discord.py's client until it closes; a refused token or an unreachable Discord is a
+    StartupError with one clear line."""
+    try:
+        await call_asyncio_from_trio(bot.start, token)
+    except discord.LoginFailure:
+        raise StartupError(
+            "Discord refused the bot token; check DISCORD_TOKEN (Developer Portal > Bot > Token)"
+        ) from None
+    except (aiohttp.ClientConnectorError, OSError) as exc:
+        raise StartupError(f"cannot reach Discord at {discord.http.Route.BASE}: {exc}") from None
+
+
 @asynccontextmanager
 async def _running(bot: MusicBot, token: str, announcer: Announcer) -> AsyncIterator[None]:
     async with trio.open_nursery() as services:
-        services.start_soon(call_asyncio_from_trio, bot.start, token)
+        services.start_soon(_run_client, bot, token)
         services.start_soon(announcer.run, bot)
         try:
             await bot.ready.wait()

@@ -1,0 +1,129 @@
+"""The /resources embed: what the bot holds, for the people who run it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import discord
+
+from musicbot.core.supervisor import CleanupReport, SupervisorStatistics
+from musicbot.dpy.render import COLOUR
+from musicbot.process import ProcessStatistics
+
+FRAMES_PER_SECOND = 50
+MAX_GUILD_LINES = 10
+
+
+def _duration(seconds: float) -> str:
+    """`42s`, `5m 03s`, `2h 05m`, `3d 4h`."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+def _mib(size: int | None) -> str:
+    return "?" if size is None else f"{size / 2**20:.1f} MiB"
+
+
+def _known(value: object) -> str:
+    return "?" if value is None else str(value)
+
+
+def describe_cleanup(report: CleanupReport) -> str:
+    """`reaped 1 [123 (idle 1h 02m)], expired 3 cache entries, took 0.4 ms`"""
+    reaped = ", ".join(
+        f"{r.guild_id} ({r.reason.value} {_duration(r.seconds)})" for r in report.reaped
+    )
+    return (
+        f"reaped {len(report.reaped)}"
+        + (f" [{reaped}]" if reaped else "")
+        + f", expired {report.cache_expired} cache entries, took {report.duration * 1000:.1f} ms"
+    )
+
+
+def resources_embed(
+    stats: SupervisorStatistics,
+    process: ProcessStatistics,
+    *,
+    guild_name: Callable[[int], str | None],
+    visible: Callable[[int], bool],
+) -> discord.Embed:
+    """`visible(guild_id)`: whether this viewer may see that guild by name (an owner sees all;
+    a server's admin sees their own server, and the rest only as totals)."""
+    embed = discord.Embed(title="Resources", colour=COLOUR)
+    embed.add_field(
+        name="Voice connections",
+        value=f"{stats.active} / {stats.max_connections} · spawns {stats.spawns} · "
+        f"refused {stats.refusals} · failed joins {stats.connect_failures} · "
+        f"crashes {stats.crashes}",
+        inline=False,
+    )
+    lines = []
+    hidden = 0
+    for player in stats.players:
+        if not visible(player.guild_id):
+            hidden += 1
+            continue
+        name = discord.utils.escape_markdown(guild_name(player.guild_id) or str(player.guild_id))
+        lines.append(
+            f"**{name}**: {player.state.value}, idle {_duration(player.idle_seconds)}, "
+            f"queue {player.queue_length}, frames {player.frames_sent} sent / "
+            f"{player.frames_late} late"
+        )
+    shown = lines[:MAX_GUILD_LINES]
+    if len(lines) > len(shown):
+        shown.append(f"... and {len(lines) - len(shown)} more")
+    if hidden:
+        shown.append(f"{hidden} other server(s)")
+    embed.add_field(name="Servers", value="\n".join(shown) or "none connected", inline=False)
+
+    cache = stats.cache
+    embed.add_field(
+        name="Track cache",
+        value=f"{cache.size} / {cache.max_size} entries · hit rate {cache.hit_rate:.0%} "
+        f"({cache.hits} hits, {cache.misses} misses) · {cache.evictions} evicted · "
+        f"{cache.expirations} expired · TTL {_duration(cache.ttl)}",
+        inline=False,
+    )
+    last = stats.last_cleanup
+    last_text = (
+        "none yet"
+        if last is None
+        else f"{_duration(stats.taken_at - last.at)} ago, {describe_cleanup(last)}"
+    )
+    embed.add_field(
+        name="Cleanup",
+        value=f"{stats.cleanups} sweeps · {stats.reaped} connections reaped · last: {last_text}",
+        inline=False,
+    )
+    cpu = "?" if process.cpu_percent is None else f"{process.cpu_percent:.1f} %"
+    embed.add_field(
+        name="Process",
+        value=f"memory {_mib(process.resident_memory_bytes)} · CPU {cpu} · "
+        f"{_known(process.open_fds)} open files · {_known(process.threads)} threads · "
+        f"{_known(process.children)} child processes ({_known(process.ffmpeg_children)} ffmpeg)"
+        f" · up {_duration(process.uptime_seconds or stats.uptime)}",
+        inline=False,
+    )
+    playing = [p for p in stats.players if p.state.value == "playing"]
+    sent = sum(p.frames_sent_last_minute for p in stats.players)
+    missing = sum(p.frames_missing_last_minute for p in stats.players)
+    expected = sent + missing
+    share = f"{missing / expected:.2%}" if expected else "0%"
+    worst = max((p.lateness_p99 for p in playing), default=0.0)
+    embed.add_field(
+        name="Pacing, last minute",
+        value=f"{len(playing)} playing · {sent} frames sent · {missing} missing ({share}) "
+        f"of {FRAMES_PER_SECOND} per second per playing server · worst p99 lateness "
+        f"{worst * 1000:.1f} ms",
+        inline=False,
+    )
+    return embed
