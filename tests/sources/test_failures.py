@@ -163,6 +163,7 @@ def test_read_listing_of_a_playlist() -> None:
         duration=None,
         thumbnail="https://img.example/big.jpg",
         is_live=False,
+        key="url:https://cdn.example/2.mp3",  # no extractor named: the media's URL is the key
     )
     assert rest == [None, None, None]
 

@@ -43,7 +43,9 @@ def assert_plain(message: str) -> None:
 async def test_direct_link_resolves_to_one_track(media: MediaServer) -> None:
     url = media.url("/tone.mp3")
     result = await resolver().resolve(url)
-    assert result == Resolved((Track(title="tone", url=url, page_url=url),), left_out=0)
+    assert result == Resolved(
+        (Track(title="tone", url=url, page_url=url, key=f"url:{url}"),), left_out=0
+    )
 
 
 async def test_page_with_an_audio_tag_resolves_to_its_source(media: MediaServer) -> None:
@@ -301,6 +303,7 @@ async def test_live_streams_only_when_allowed(media: MediaServer) -> None:
         await searcher(catalog, [], allow_live=False).resolve("radio")
     result = await searcher(catalog, [], allow_live=True).resolve("radio")
     assert result.tracks[0].duration is None
+    assert result.tracks[0].live
 
 
 async def test_metadata_reaches_the_track(media: MediaServer) -> None:
@@ -319,6 +322,7 @@ async def test_metadata_reaches_the_track(media: MediaServer) -> None:
             page_url="https://video.example/watch?v=tone",
             duration=61.5,
             thumbnail="https://img.example/t.jpg",
+            key="CatalogSearch:tone \u202eevil",  # the site's own id, as the site gave it
         ),
     )
 

@@ -28,6 +28,9 @@ class Track:
     requester: str = ""
     live: bool = False
     """A live stream: no duration, no seeking, never stored."""
+    key: str = ""
+    """A stable identity for the song (the site's extractor and id, e.g. "Youtube:dQw4w9WgXcQ"),
+    when the resolver knows one; stream URLs change, this does not."""
 
 
 @attrs.frozen

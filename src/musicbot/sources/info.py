@@ -30,6 +30,8 @@ class Candidate:
     duration: float | None
     thumbnail: str | None
     is_live: bool
+    key: str = ""
+    """yt-dlp's extractor and id ("Youtube:dQw4w9WgXcQ"), when it gives both."""
 
     def to_track(self) -> Track:
         return Track(
@@ -38,6 +40,8 @@ class Candidate:
             page_url=self.page_url,
             duration=None if self.is_live else self.duration,
             thumbnail=self.thumbnail,
+            live=self.is_live,
+            key=self.key,
         )
 
 
@@ -110,7 +114,24 @@ def read_candidate(info: Mapping[str, Any], *, page_url: str) -> Candidate:
         duration=_seconds(info.get("duration")),
         thumbnail=_thumbnail(info),
         is_live=_is_live(info),
+        key=_identity(info),
     )
+
+
+_GENERIC_EXTRACTORS = frozenset({"Generic", "HTML5MediaEmbed"})
+"""Their ids are file names ("1" for .../1.mp3), not unique: the media's URL identifies it."""
+
+
+def _identity(info: Mapping[str, Any]) -> str:
+    """A stable key for the song: "Extractor:id" for sites with real ids, "url:<media URL>" for
+    links to files and pages with audio tags."""
+    extractor, video_id = info.get("extractor_key"), info.get("id")
+    if not isinstance(extractor, str) or not extractor or extractor in _GENERIC_EXTRACTORS:
+        url = _stream_url(info)
+        return f"url:{url}" if url else ""
+    if isinstance(video_id, str | int) and str(video_id):
+        return f"{extractor}:{video_id}"
+    return ""
 
 
 def refusal(item: Item, *, max_duration: float, allow_live: bool) -> str | None:
