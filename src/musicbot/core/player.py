@@ -45,6 +45,7 @@ from musicbot.core.ports import (
     FrameSource,
     SourceError,
     VoicePort,
+    Warmer,
     ignore_event,
 )
 
@@ -82,6 +83,8 @@ class PlayerLimits:
     """Seconds a track may take to start sending audio before it counts as failed."""
     stall_timeout: float = 15.0
     """Seconds without a frame, mid-track, before the track counts as failed."""
+    warm_ahead: int = 2
+    """Upcoming tracks prepared in the background while one plays (with a Warmer)."""
 
 
 @attrs.frozen
@@ -156,6 +159,7 @@ class GuildPlayer:
         channel_id: int | None = None,
         on_event: EventSink = ignore_event,
         limits: PlayerLimits = PlayerLimits(),
+        warmer: Warmer | None = None,
     ) -> None:
         self.guild_id = guild_id
         self._voice = voice
@@ -163,6 +167,8 @@ class GuildPlayer:
         self._channel_id = channel_id
         self._on_event = on_event
         self._limits = limits
+        self._warmer = warmer
+        self._upcoming_changed = trio.Event()
 
         self._queue: deque[_Entry] = deque()
         self._queue_changed = trio.Event()
@@ -208,6 +214,8 @@ class GuildPlayer:
             with self._leave_scope:
                 async with trio.open_nursery() as activities:
                     activities.start_soon(self._play_queue)
+                    if self._warmer is not None and self._limits.warm_ahead > 0:
+                        activities.start_soon(self._warm_upcoming, self._warmer)
                     await self._serve(inbox)
                     activities.cancel_scope.cancel()
         finally:
@@ -257,6 +265,7 @@ class GuildPlayer:
                 for entry in self._queue:
                     entry.settle()
                 self._queue.clear()
+                self._upcoming_changed.set()
                 self._end_track(_Outcome.STOPPED)
                 return dropped
             case Leave():
@@ -274,12 +283,14 @@ class GuildPlayer:
                 upcoming = list(self._queue)
                 random.shuffle(upcoming)
                 self._queue = deque(upcoming)
+                self._upcoming_changed.set()
                 return len(upcoming)
             case Remove(position=position):
                 if not 1 <= position <= len(self._queue):
                     raise Refused(self._no_position(position))
                 removed = self._queue[position - 1]
                 del self._queue[position - 1]
+                self._upcoming_changed.set()
                 removed.settle()
                 return removed.track
             case GetNowPlaying():
@@ -308,6 +319,7 @@ class GuildPlayer:
         entries = [_Entry(track) for track in added]
         self._queue.extend(entries)
         self._queue_changed.set()
+        self._upcoming_changed.set()
         enqueued = Enqueued(position=position, count=len(added), left_out=len(tracks) - len(added))
         if starts_now and waiter is not None:
             entries[0].waiter, entries[0].owed = waiter, enqueued
@@ -375,6 +387,7 @@ class GuildPlayer:
                 self._queue_changed = trio.Event()
                 await self._queue_changed.wait()
             entry = self._current = self._queue.popleft()
+            self._upcoming_changed.set()
             self._ended_by = None
             try:
                 outcome = await self._play(entry)
@@ -436,6 +449,24 @@ class GuildPlayer:
                 entry.settle()  # skipped or stopped before it started: no failure to report
             else:
                 entry.forget()  # the player is ending: ActorGone
+
+    async def _warm_upcoming(self, warmer: Warmer) -> None:
+        """Prepare the next few tracks while one plays; start over when the queue changes.
+
+        It runs in the player's own nursery, so it ends with the player (and its ffmpeg with it).
+        """
+        while True:
+            changed = self._upcoming_changed = trio.Event()
+            upcoming = [entry.track for entry in list(self._queue)[: self._limits.warm_ahead]]
+            async with trio.open_nursery() as warming:
+                warming.start_soon(self._warm_in_order, warmer, upcoming)
+                await changed.wait()
+                warming.cancel_scope.cancel()
+
+    @staticmethod
+    async def _warm_in_order(warmer: Warmer, tracks: list[Track]) -> None:
+        for track in tracks:
+            await warmer.warm(track)
 
     async def _pace(self, frames: AsyncIterator[bytes]) -> bool:
         """Send frame k at anchor + k x 20 ms: absolute deadlines, so lateness never accumulates.

@@ -58,6 +58,16 @@ class FrameSource(Protocol):
         ...
 
 
+class Warmer(Protocol):
+    """Prepares a track ahead of time (transcodes it into the processed-song store), so that it
+    starts at once when its turn comes."""
+
+    async def warm(self, track: Track) -> None:
+        """Return when the track is ready, or cannot be made ready (never raises SourceError:
+        warming is a favour, and the track will be tried again when it plays). Cancellable."""
+        ...
+
+
 class Resolver(Protocol):
     """Turns what a user typed into tracks."""
 

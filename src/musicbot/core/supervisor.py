@@ -51,6 +51,7 @@ from musicbot.core.ports import (
     Resolver,
     VoiceConnectError,
     VoiceFactory,
+    Warmer,
     ignore_event,
 )
 
@@ -232,6 +233,7 @@ class ResourceSupervisor:
         resolver: Resolver | None,
         on_event: EventSink,
         player_limits: PlayerLimits,
+        warmer: Warmer | None = None,
     ) -> None:
         self._players = nursery
         self._inbox = inbox
@@ -246,6 +248,7 @@ class ResourceSupervisor:
         self._resolver = resolver
         self._on_event = on_event
         self._player_limits = player_limits
+        self._warmer = warmer
         self._children: dict[int, _Child] = {}
         self._accepting = True
         self._started_at = trio.current_time()
@@ -418,6 +421,7 @@ class ResourceSupervisor:
             channel_id=body.channel_id,
             on_event=self._on_event,
             limits=self._player_limits,
+            warmer=self._warmer,
         )
         child = _Child(player, PlayerHandle(body.guild_id, inbox_tx), inbox_rx)
         self._children[body.guild_id] = child
@@ -474,6 +478,7 @@ async def open_supervisor(
     resolver: Resolver | None = None,
     on_event: EventSink | None = None,
     player_limits: PlayerLimits = PlayerLimits(),
+    warmer: Warmer | None = None,
 ) -> AsyncIterator[ResourceSupervisor]:
     """Run a ResourceSupervisor for the body of the `async with`.
 
@@ -501,6 +506,7 @@ async def open_supervisor(
             resolver=resolver,
             on_event=on_event if on_event is not None else ignore_event,
             player_limits=player_limits,
+            warmer=warmer,
         )
         players.start_soon(supervisor.run, inbox_rx, name="ResourceSupervisor")
         players.start_soon(_sweep_periodically, supervisor, name="idle sweep")

@@ -2,6 +2,13 @@
 `loopback` extra) a loopback Discord and media server that real discord.py talks to.
 """
 
-from musicbot.testing.fakes import FakeFrameSource, FakeResolver, FakeVoice, SentFrame, tone_track
+from musicbot.testing.fakes import (
+    FakeFrameSource,
+    FakeResolver,
+    FakeVoice,
+    FakeWarmer,
+    SentFrame,
+    tone_track,
+)
 
-__all__ = ["FakeFrameSource", "FakeResolver", "FakeVoice", "SentFrame", "tone_track"]
+__all__ = ["FakeFrameSource", "FakeResolver", "FakeVoice", "FakeWarmer", "SentFrame", "tone_track"]

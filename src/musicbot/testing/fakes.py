@@ -140,3 +140,23 @@ class FakeResolver:
 def tone_track(title: str, seconds: float = 1.0, *, url: str | None = None) -> Track:
     """A Track for FakeFrameSource: `seconds` of frames named after `title`."""
     return Track(title=title, url=url or f"fake://{title}", duration=seconds)
+
+
+class FakeWarmer:
+    """A Warmer that takes `seconds` per track and records what it started, finished and had
+    cancelled (by title)."""
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds = seconds
+        self.started: list[str] = []
+        self.finished: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def warm(self, track: Track) -> None:
+        self.started.append(track.title)
+        try:
+            await trio.sleep(self.seconds)
+        except trio.Cancelled:
+            self.cancelled.append(track.title)
+            raise
+        self.finished.append(track.title)
