@@ -164,3 +164,26 @@ async def test_leaving_the_app_leaves_no_voice_connection_and_no_ffmpeg(
             assert not discord.voice(guild).websocket_open
         stats = discord.statistics()
         assert (stats.gateway_connections, stats.voice_websockets) == (0, 0)
+
+
+async def test_a_bot_disconnected_by_a_moderator_stops_says_so_and_can_be_called_back(
+    loopback: LoopbackBot,
+) -> None:
+    discord = loopback.discord
+    alice = discord.member(guild=1, name="alice")
+    await alice.join_voice("Music")
+    reply = await alice.slash("play", query=loopback.media.tone_url(440, 30))
+    await reply.wait_for_followup()
+    await discord.wait_for(lambda: len(discord.rtp_packets(1)) >= 10, what="audio")
+    await discord.faults.kick_from_voice(guild=1)
+    await discord.wait_for(
+        lambda: any(
+            "disconnected from the voice" in (m.content or "") for m in discord.channel_messages(1)
+        ),
+        what="the departure announced",
+    )
+    assert loopback.app.supervisor.statistics().active == 0
+    assert ffmpeg_children() == []
+    again = await reply_to(await alice.slash("play", query=loopback.media.tone_url(660, 2)))
+    assert not again.ephemeral
+    await discord.wait_bot_voice(guild=1, channel="Music")

@@ -186,6 +186,8 @@ class EndReason(enum.Enum):
     """Nobody else was in the voice channel for alone_timeout."""
     PAUSED = "paused"
     """Paused for paused_timeout."""
+    DISCONNECTED = "disconnected"
+    """Discord took the bot out of the voice channel (a moderator, a deleted channel)."""
     CRASHED = "crashed"
     SHUTDOWN = "shutdown"
 

@@ -293,6 +293,15 @@ class ResourceSupervisor:
         await child.finished.wait()
         return True
 
+    async def end(self, guild_id: int, reason: EndReason) -> bool:
+        """End the guild's player for `reason` and wait until it is gone; False if none."""
+        child = self._children.get(guild_id)
+        if child is None or child.closing:
+            return False
+        child.end(reason)
+        await child.finished.wait()
+        return True
+
     async def resolve(self, query: str) -> Resolved:
         """Tracks for `query`, from the cache when a fresh answer is there."""
         cached = self.cache.get(query)

@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from musicbot.config import Settings, StartupError
+from musicbot.core.messages import EndReason
 from musicbot.core.supervisor import ResourceSupervisor
 from musicbot.dpy.announcer import Announcer
 from musicbot.dpy.answers import answer_privately, explain
@@ -79,8 +80,12 @@ class MusicBot(commands.Bot):
     async def on_voice_state_update(
         self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
     ) -> None:
-        """Keep each player told whether anyone is still listening (the alone policy)."""
+        """Keep each player told whether anyone is still listening (the alone policy), and end
+        it if Discord took the bot out of voice."""
         guild = member.guild
+        if self.user is not None and member.id == self.user.id and after.channel is None:
+            await call_trio_from_asyncio(self.supervisor.end, guild.id, EndReason.DISCONNECTED)
+            return
         voice = guild.voice_client
         if voice is None or not isinstance(voice.channel, discord.VoiceChannel):
             return
