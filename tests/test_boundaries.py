@@ -18,6 +18,8 @@ FORBIDDEN = ("discord", "asyncio", "trio_asyncio", "yt_dlp", "aiohttp")
         "musicbot.core.player",
         "musicbot.core.ports",
         "musicbot.core.supervisor",
+        "musicbot.core.services",
+        "musicbot.core.pacing",
         "musicbot.testing",
     ],
 )

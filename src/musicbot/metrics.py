@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from musicbot.core.messages import PlayerState
+from musicbot.core.services import open_service_nursery
 from musicbot.core.supervisor import SupervisorStatistics
 from musicbot.process import ProcessMonitor, ProcessStatistics
 
@@ -321,19 +322,10 @@ async def open_metrics_server(
     listener = await _listen(host, port)
     bound_host, bound_port = listener.socket.getsockname()[:2]
     server = MetricsServer(registry, bound_host, bound_port)
-    body_error: Exception | None = None
-    async with trio.open_nursery() as connections:
+    async with open_service_nursery("metrics server closing") as connections:
         await connections.start(trio.serve_listeners, server.serve_connection, [listener])
         log.info("metrics: serving %s", server.url)
-        try:
-            yield server
-        except Exception as exc:
-            # Raised after the nursery closes, so callers see their own exception, not a group.
-            body_error = exc
-        finally:
-            connections.cancel_scope.cancel(reason="metrics server closing")
-    if body_error is not None:
-        raise body_error
+        yield server
 
 
 async def _listen(host: str, port: int) -> trio.SocketListener:

@@ -24,6 +24,7 @@ from musicbot.audio.ogg import OggError
 from musicbot.audio.stream import OpusStream
 from musicbot.core.messages import Track
 from musicbot.core.ports import FRAME_SECONDS, SourceError
+from musicbot.core.services import open_service_nursery
 
 log = logging.getLogger(__name__)
 
@@ -79,26 +80,15 @@ async def open_transcoder(
     except OSError as exc:  # ffmpeg gone since startup, out of processes or descriptors
         log.error("cannot run %s: %s", command[0], exc)
         raise SourceError("the bot could not start its audio converter; see its log") from exc
-    body_error: Exception | None = None
     try:
         assert process.stdout is not None and process.stderr is not None
         _grow_pipe(process.stdout, settings.pipe_size)
         stderr = StderrTail()
-        async with trio.open_nursery() as readers:
+        async with open_service_nursery("ffmpeg stream closing") as readers:
             readers.start_soon(stderr.drain, process.stderr, name="ffmpeg stderr")
-            try:
-                stream = TranscodedStream(
-                    process, stderr, title=title, start=start, settings=settings
-                )
-                await stream.wait_first()
-                yield stream
-            except Exception as exc:
-                # Raised after the nursery closes, so callers see their own exception, not a group.
-                body_error = exc
-            finally:
-                readers.cancel_scope.cancel(reason="ffmpeg stream closing")
-        if body_error is not None:
-            raise body_error
+            stream = TranscodedStream(process, stderr, title=title, start=start, settings=settings)
+            await stream.wait_first()
+            yield stream
     finally:
         with trio.move_on_after(REAP_TIMEOUT, shield=True) as reaping:
             process.kill()  # does nothing once it has exited

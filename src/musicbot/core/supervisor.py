@@ -54,6 +54,7 @@ from musicbot.core.ports import (
     Warmer,
     ignore_event,
 )
+from musicbot.core.services import open_service_nursery
 
 log = logging.getLogger(__name__)
 
@@ -499,8 +500,7 @@ async def open_supervisor(
     if min(cleanup_interval, idle_timeout, alone_timeout, paused_timeout) <= 0:
         raise ValueError("the idle timeouts and cleanup_interval must be positive")
     inbox_tx, inbox_rx = trio.open_memory_channel[Any](0)
-    body_error: Exception | None = None
-    async with trio.open_nursery() as players:
+    async with open_service_nursery("supervisor closing") as players:
         supervisor = ResourceSupervisor(
             nursery=players,
             inbox=inbox_tx,
@@ -519,15 +519,7 @@ async def open_supervisor(
         )
         players.start_soon(supervisor.run, inbox_rx, name="ResourceSupervisor")
         players.start_soon(_sweep_periodically, supervisor, name="idle sweep")
-        try:
-            yield supervisor
-        except Exception as exc:
-            # Raised after the nursery closes, so callers see their own exception, not a group.
-            body_error = exc
-        finally:
-            players.cancel_scope.cancel(reason="supervisor closing")
-    if body_error is not None:
-        raise body_error
+        yield supervisor
 
 
 async def _sweep_periodically(supervisor: ResourceSupervisor) -> None:
