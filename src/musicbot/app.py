@@ -21,6 +21,8 @@ import trio_asyncio
 
 from musicbot.audio.command import FfmpegSettings
 from musicbot.audio.ffmpeg import FfmpegSource
+from musicbot.audio.store import ProcessedSongStore, StoreLocked, open_store
+from musicbot.audio.stored import StoreBackedSource, open_store_backed_source
 from musicbot.config import Settings, StartupError
 from musicbot.core.cache import LRUCache
 from musicbot.core.player import PlayerLimits
@@ -47,6 +49,8 @@ class App:
     settings: Settings
     supervisor: ResourceSupervisor
     bot: MusicBot
+    store: ProcessedSongStore
+    source: StoreBackedSource
     metrics_url: str | None = None
 
 
@@ -61,9 +65,14 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
     voices = DiscordVoices()
     announcer = Announcer()
     async with (
+        open_song_store(settings) as store,
+        open_store_backed_source(
+            frame_source_for(settings), store, warm_concurrency=settings.warm_concurrency
+        ) as source,
         open_supervisor(
             make_voice=voices,
-            frame_source=frame_source_for(settings),
+            frame_source=source,
+            warmer=source,
             resolver=resolver or resolver_for(settings),
             cache=LRUCache(
                 max_size=settings.track_cache_size,
@@ -80,14 +89,15 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
                 max_queue_length=settings.max_queue_length,
                 open_timeout=settings.track_start_timeout,
                 stall_timeout=settings.track_stall_timeout,
+                warm_ahead=settings.warm_ahead,
             ),
         ) as supervisor,
         open_metrics(settings, supervisor) as metrics_url,
-        open_bot(settings, supervisor, announcer) as bot,
+        open_bot(settings, supervisor, announcer, store=store, source=source) as bot,
     ):
         voices.client = bot
         try:
-            yield App(settings, supervisor, bot, metrics_url)
+            yield App(settings, supervisor, bot, store, source, metrics_url)
         finally:
             # Voice first, while the gateway can still carry the "left voice" updates.
             with trio.move_on_after(DRAIN_TIMEOUT, shield=True):
@@ -111,6 +121,32 @@ async def open_metrics(
             raise StartupError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
         log.info("metrics at %s", running.url)
         yield running.url
+
+
+@asynccontextmanager
+async def open_song_store(settings: Settings) -> AsyncIterator[ProcessedSongStore]:
+    """The processed-song store in `cache_dir`, reconciled with its files."""
+    store = open_store(
+        settings.cache_dir,
+        max_bytes=settings.store_max_bytes,
+        max_track_seconds=settings.store_max_track_duration,
+    )
+    async with AsyncExitStack() as stack:
+        try:  # only opening: nothing the body raises is about the lock
+            opened = await stack.enter_async_context(store)
+        except StoreLocked:
+            raise StartupError(
+                f"another musicbot is using the cache directory {settings.cache_dir}; "
+                "give each process its own cache_dir"
+            ) from None
+        stats = opened.statistics()
+        log.info(
+            "song store %s: %d songs, %.1f MiB",
+            settings.cache_dir,
+            stats.entries,
+            stats.bytes / 2**20,
+        )
+        yield opened
 
 
 def check_cache_dir(path: str) -> None:

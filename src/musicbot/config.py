@@ -46,6 +46,11 @@ def _log_level(instance: object, attribute: attrs.Attribute[Any], value: str) ->
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
 
 
+def _at_least_zero(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 0:
+        raise ConfigError(f"{attribute.name} must not be negative, not {value!r}")
+
+
 def _url(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value.startswith(("http://", "https://", "ws://", "wss://")):
         raise ConfigError(f"{attribute.name} must be an http(s) or ws(s) URL, not {value!r}")
@@ -81,6 +86,14 @@ class Settings:
 
     cache_dir: str = attrs.field(factory=lambda: platformdirs.user_cache_dir("musicbot"))
     """Where processed songs are kept; checked for writing at start-up."""
+    store_max_bytes: int = attrs.field(default=2 * 2**30, validator=_at_least_one)
+    """Disk the processed-song store may use; the least recently played songs go first."""
+    store_max_track_duration: float = attrs.field(default=3600.0, validator=_positive)
+    """Longer songs are played but never stored."""
+    warm_ahead: int = attrs.field(default=2, validator=_at_least_zero)
+    """Upcoming songs transcoded into the store while one plays (0: off)."""
+    warm_concurrency: int = attrs.field(default=2, validator=_at_least_one)
+    """Songs warmed at once, for the whole bot."""
 
     ffmpeg_path: str | None = None
     """ffmpeg to run; default: the binary bundled with imageio-ffmpeg."""

@@ -70,6 +70,7 @@ async def test_resources_shows_connections_cache_cleanup_process_and_pacing(
         "Servers",
         "Track cache",
         "Cleanup",
+        "Song store",
         "Process",
         "Pacing, last minute",
     ]
@@ -83,14 +84,14 @@ async def test_resources_shows_connections_cache_cleanup_process_and_pacing(
     assert fields["Pacing, last minute"].startswith("2 playing · ")
 
 
-async def test_an_owner_sees_every_server(media_cache: Path) -> None:
+async def test_an_owner_sees_every_server(media_cache: Path, tmp_path: Path) -> None:
     async with (
         trio_asyncio.open_loop(),
         open_media_server(cache_dir=media_cache) as media,
         open_fake_discord(guilds=2) as discord_,
     ):
         owner = discord_.member(guild=1, name="owner")  # owners are configured by user id
-        settings = loopback_settings(discord_, owner_ids=(owner.id,))
+        settings = loopback_settings(discord_, cache_dir=tmp_path, owner_ids=(owner.id,))
         async with open_app(settings):
             for guild in (1, 2):
                 member = discord_.member(guild=guild, name="dj")

@@ -139,14 +139,14 @@ async def test_a_member_in_another_channel_cannot_steer_the_bot(loopback: Loopba
 
 
 async def test_leaving_the_app_leaves_no_voice_connection_and_no_ffmpeg(
-    media_cache: Path,
+    media_cache: Path, tmp_path: Path
 ) -> None:
     async with (
         trio_asyncio.open_loop(),
         open_media_server(cache_dir=media_cache) as media,
         open_fake_discord(guilds=3) as discord,
     ):
-        async with open_app(loopback_settings(discord)):
+        async with open_app(loopback_settings(discord, cache_dir=tmp_path)):
             for guild in (1, 2, 3):
                 member = discord.member(guild=guild, name="dj")
                 await member.join_voice("Music")

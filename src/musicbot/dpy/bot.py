@@ -14,6 +14,8 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from musicbot.audio.store import ProcessedSongStore
+from musicbot.audio.stored import StoreBackedSource
 from musicbot.config import Settings, StartupError
 from musicbot.core.messages import EndReason
 from musicbot.core.supervisor import ResourceSupervisor
@@ -59,6 +61,8 @@ class MusicBot(commands.Bot):
         self.settings = settings
         self.supervisor = supervisor
         self.announcer = announcer
+        self.store: ProcessedSongStore | None = None
+        self.source: StoreBackedSource | None = None
         self.ready = trio.Event()
 
     async def setup_hook(self) -> None:
@@ -126,7 +130,12 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
 
 @asynccontextmanager
 async def open_bot(
-    settings: Settings, supervisor: ResourceSupervisor, announcer: Announcer
+    settings: Settings,
+    supervisor: ResourceSupervisor,
+    announcer: Announcer,
+    *,
+    store: ProcessedSongStore | None = None,
+    source: StoreBackedSource | None = None,
 ) -> AsyncIterator[MusicBot]:
     """Log in, connect and wait until ready; on leaving, close the gateway (bounded)."""
     if not settings.token:
@@ -135,7 +144,9 @@ async def open_bot(
     async def make() -> MusicBot:
         # aiohttp's connector must be made while the asyncio loop runs.
         connector = aiohttp.TCPConnector(ssl=ssl_context(settings))
-        return MusicBot(settings, supervisor, announcer, connector=connector)
+        bot = MusicBot(settings, supervisor, announcer, connector=connector)
+        bot.store, bot.source = store, source
+        return bot
 
     bot = await call_asyncio_from_trio(make)
     with pointed_at(settings):

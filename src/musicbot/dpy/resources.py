@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import discord
 
+from musicbot.audio.store import StoreStatistics
+from musicbot.audio.stored import SourceStatistics
 from musicbot.core.supervisor import CleanupReport, SupervisorStatistics
 from musicbot.dpy.render import COLOUR
 from musicbot.process import ProcessStatistics
@@ -55,6 +57,8 @@ def resources_embed(
     *,
     guild_name: Callable[[int], str | None],
     visible: Callable[[int], bool],
+    store: StoreStatistics | None = None,
+    source: SourceStatistics | None = None,
 ) -> discord.Embed:
     """`visible(guild_id)`: whether this viewer may see that guild by name (an owner sees all;
     a server's admin sees their own server, and the rest only as totals)."""
@@ -104,6 +108,18 @@ def resources_embed(
         value=f"{stats.cleanups} sweeps · {stats.reaped} connections reaped · last: {last_text}",
         inline=False,
     )
+    if store is not None:
+        looked_up = store.hits + store.misses
+        hit_rate = f"{store.hits / looked_up:.0%}" if looked_up else "0%"
+        warming = f" · warming {source.warming}" if source is not None else ""
+        full = " · **disk full: not storing**" if store.disk_full else ""
+        embed.add_field(
+            name="Song store",
+            value=f"{store.entries} songs · {_mib(store.bytes)} of {_mib(store.max_bytes)} · "
+            f"hit rate {hit_rate} · {store.evictions} evicted · {store.corrupt_dropped} "
+            f"damaged dropped{warming}{full}",
+            inline=False,
+        )
     cpu = "?" if process.cpu_percent is None else f"{process.cpu_percent:.1f} %"
     embed.add_field(
         name="Process",

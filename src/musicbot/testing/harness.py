@@ -6,6 +6,7 @@ UDP, all on 127.0.0.1. Needs the `loopback` extra.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,9 +33,11 @@ class LoopbackBot:
         return self.app.settings
 
 
-def loopback_settings(discord: FakeDiscord, **overrides: Any) -> Settings:
-    """Settings that aim the bot at `discord`; everything else as an operator would set it."""
+def loopback_settings(discord: FakeDiscord, *, cache_dir: Path, **overrides: Any) -> Settings:
+    """Settings that aim the bot at `discord`, keeping its songs in `cache_dir`; everything else
+    as an operator would set it."""
     values: dict[str, Any] = {
+        "cache_dir": str(cache_dir),
         "token": discord.token,
         "api_base_url": discord.api_base,
         "gateway_url": discord.gateway_url,
@@ -65,10 +68,13 @@ async def open_loopback_bot(
         open_media_server(cache_dir=media_cache) as media,
         open_fake_discord(guilds=guilds) as discord,
     ):
-        bot_settings = loopback_settings(discord, **settings)
-        resolver = resolver_for(bot_settings, make_ytdl=with_loopback_search(media))
-        async with open_app(bot_settings, resolver=resolver) as app:
-            yield LoopbackBot(discord, media, app)
+        # A song store of its own unless given one, gone afterwards: never the user's cache.
+        with tempfile.TemporaryDirectory(prefix="musicbot-store-") as scratch:
+            settings.setdefault("cache_dir", Path(scratch))
+            bot_settings = loopback_settings(discord, **settings)
+            resolver = resolver_for(bot_settings, make_ytdl=with_loopback_search(media))
+            async with open_app(bot_settings, resolver=resolver) as app:
+                yield LoopbackBot(discord, media, app)
 
 
 async def reply_to(interaction: Interaction) -> Message:

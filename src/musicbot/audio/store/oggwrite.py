@@ -66,9 +66,7 @@ def build_page(
     *, flags: int, granule: int, serial: int, sequence: int, lacing: bytes, body: bytes
 ) -> bytes:
     """One Ogg page, checksum included."""
-    page = bytearray(
-        _HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, 0, len(lacing))
-    )
+    page = bytearray(_HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, 0, len(lacing)))
     page += lacing
     page += body
     struct.pack_into("<I", page, CRC_OFFSET, page_checksum(page))

@@ -73,6 +73,8 @@ class Admin(commands.Cog):
             process,
             guild_name=guild_name,
             visible=lambda guild_id: owner or guild_id == interaction.guild_id,
+            store=self.bot.store.statistics() if self.bot.store else None,
+            source=self.bot.source.statistics() if self.bot.source else None,
         )
         await interaction.response.send_message(embed=embed, ephemeral=True)
 

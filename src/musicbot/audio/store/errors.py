@@ -1,0 +1,27 @@
+"""What the store raises."""
+
+from __future__ import annotations
+
+from musicbot.core.ports import SourceError
+
+
+class StoredSongError(SourceError):
+    """A stored song could not be read back: its file is missing, truncated or corrupt.
+
+    The caller drops the entry (`await store.drop(error.key)`) and fetches the track again.
+    A SourceError, so a player that does not know the store still reports it sensibly; the
+    message (`str(error)`) is for the user, `key` and `reason` for the log.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__("the saved copy of this track was damaged, so it will be fetched again")
+        self.key = key
+        self.reason = reason
+
+
+class StoreLocked(RuntimeError):
+    """Another process has this store directory open."""
+
+
+class IndexVersionError(RuntimeError):
+    """The index was written by a newer musicbot, with a schema this one does not know."""

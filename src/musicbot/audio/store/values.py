@@ -1,0 +1,84 @@
+"""The store's values: frozen, so a snapshot never changes under whoever holds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+
+@attrs.frozen
+class StoredSong:
+    """One processed song on disk, as the index records it."""
+
+    key: str
+    """The track's stable identity (see `musicbot.audio.store.keys`)."""
+    path: Path
+    """The Ogg Opus file; any player (ffmpeg, ffprobe, a browser) can open it."""
+    title: str
+    duration: float
+    """Seconds of audio the packets hold."""
+    size: int
+    """Bytes of the file."""
+    packets: int
+    created: float
+    """Wall-clock seconds (the store's clock) when it was committed."""
+    last_played: float
+    play_count: int
+    checksum: str
+    """SHA-256 of the file, hex."""
+
+
+@attrs.frozen
+class StoreStatistics:
+    entries: int
+    bytes: int
+    """Bytes of the stored files together."""
+    max_bytes: int
+    hits: int
+    """Lookups that found a usable entry."""
+    misses: int
+    writes_committed: int
+    writes_abandoned: int
+    """Writers left without a commit (a skip, a failure upstream, cancellation), or given up
+    because the song ran past max_track_seconds or max_bytes."""
+    write_failures: int
+    """Writers that gave up because the disk refused (any OSError, SQLite's 'disk full')."""
+    disk_full: bool
+    """The last write failure was ENOSPC or EDQUOT and no commit has succeeded since."""
+    evictions: int
+    """Entries deleted to stay under max_bytes (least recently played first)."""
+    corrupt_dropped: int
+    """Entries dropped because their file was missing, the wrong size, or failed a check."""
+    writing: int
+    """Writers open now."""
+    reading: int
+    """Stored songs being read now."""
+
+
+@attrs.frozen
+class ReconcileReport:
+    """What opening the store cleaned up: the index and the files now agree."""
+
+    orphan_files: int
+    """Song files no index row named, deleted."""
+    orphan_rows: int
+    """Index rows whose file was missing or the wrong size, deleted (with the file)."""
+    temporary_files: int
+    """Files of writes that never committed (a crash mid-write), deleted."""
+
+
+@attrs.frozen
+class VerifyReport:
+    checked: int
+    corrupt: tuple[str, ...]
+    """Keys whose file failed the check; they were dropped."""
+
+
+@attrs.frozen
+class ResolvedEntry:
+    """A resolved-metadata cache entry kept across restarts: JSON `data` saved at `stored_at`."""
+
+    query: str
+    data: object
+    stored_at: float
