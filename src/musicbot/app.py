@@ -32,6 +32,7 @@ from musicbot.dpy.announcer import Announcer
 from musicbot.dpy.bot import MusicBot, open_bot
 from musicbot.dpy.voice import DiscordVoices
 from musicbot.metrics import open_metrics_server
+from musicbot.sources.persisted import PersistedResolver
 from musicbot.sources.settings import SourceSettings
 from musicbot.sources.ytdl import YtdlResolver
 
@@ -73,7 +74,9 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
             make_voice=voices,
             frame_source=source,
             warmer=source,
-            resolver=resolver or resolver_for(settings),
+            resolver=PersistedResolver(
+                resolver or resolver_for(settings), store, max_age=settings.track_cache_ttl
+            ),
             cache=LRUCache(
                 max_size=settings.track_cache_size,
                 ttl=settings.track_cache_ttl,
@@ -93,9 +96,8 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
             ),
         ) as supervisor,
         open_metrics(settings, supervisor) as metrics_url,
-        open_bot(settings, supervisor, announcer, store=store, source=source) as bot,
+        open_bot(settings, supervisor, announcer, store=store, source=source, voices=voices) as bot,
     ):
-        voices.client = bot
         try:
             yield App(settings, supervisor, bot, store, source, metrics_url)
         finally:

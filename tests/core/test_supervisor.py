@@ -10,7 +10,7 @@ import trio.testing
 
 from musicbot.core.cache import LRUCache
 from musicbot.core.mailbox import ActorGone
-from musicbot.core.messages import EndReason, PlayerEnded, PlayerState, Resolved
+from musicbot.core.messages import EndReason, PlayerEnded, PlayerState, Refused, Resolved
 from musicbot.core.player import DISCONNECT_TIMEOUT
 from musicbot.core.ports import ResolveError, VoiceConnectError
 from musicbot.core.supervisor import (
@@ -476,3 +476,19 @@ async def test_drain_ends_every_player_and_refuses_new_ones(autojump_clock: Cloc
             await supervisor.get_player(9)
     ended = [e for e in rig.events if isinstance(e, PlayerEnded)]
     assert [e.reason for e in ended] == [EndReason.SHUTDOWN] * 5
+
+
+async def test_a_voice_factory_that_fails_refuses_that_spawn_only(autojump_clock: Clock) -> None:
+    rig = Rig()
+
+    def broken_for_guild_1(guild_id: int) -> FakeVoice:
+        if guild_id == 1:
+            raise RuntimeError("adapter bug")
+        return rig.make_voice(guild_id)
+
+    async with open_supervisor(make_voice=broken_for_guild_1, frame_source=rig.source) as sup:
+        with pytest.raises(Refused, match="could not set up a voice connection"):
+            await sup.get_player(1)
+        await sup.get_player(2)  # the supervisor lives on
+        stats = sup.statistics()
+        assert (stats.active, stats.crashes) == (1, 1)

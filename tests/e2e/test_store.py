@@ -29,9 +29,12 @@ async def run_bot_once(
         [sys.executable, "-m", "musicbot", "run"], env=env, stderr=subprocess.DEVNULL
     )
     most_ffmpeg = 0
+    identified = discord_.statistics().identifies
     try:
         with trio.fail_after(30):
-            await discord_.wait_for(lambda: "play" in discord_.commands, what="login")
+            await discord_.wait_for(
+                lambda: discord_.statistics().identifies > identified, what="this process's login"
+            )
             await discord_.wait_ready()
         member = discord_.member(guild=guild, name="dj")
         await member.join_voice("Music")

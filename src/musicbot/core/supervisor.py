@@ -423,10 +423,17 @@ class ResourceSupervisor:
         if len(self._children) >= self.max_connections:
             self._refusals += 1
             return SpawnRefused(self.max_connections, len(self._children))
+        try:
+            voice = self._make_voice(body.guild_id)
+        except Exception:
+            # A bug in the adapter: this spawn fails, the supervisor and other guilds do not.
+            log.exception("guild %s: could not make a voice connection", body.guild_id)
+            self._crashes += 1
+            return Refused("I could not set up a voice connection; the error was logged")
         inbox_tx, inbox_rx = trio.open_memory_channel[Any](PLAYER_INBOX_SIZE)
         player = GuildPlayer(
             body.guild_id,
-            self._make_voice(body.guild_id),
+            voice,
             self._frame_source,
             channel_id=body.channel_id,
             on_event=self._on_event,

@@ -22,6 +22,7 @@ from musicbot.core.supervisor import ResourceSupervisor
 from musicbot.dpy.announcer import Announcer
 from musicbot.dpy.answers import answer_privately, explain
 from musicbot.dpy.bridge import call_asyncio_from_trio, call_trio_from_asyncio
+from musicbot.dpy.voice import DiscordVoices
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ async def open_bot(
     *,
     store: ProcessedSongStore | None = None,
     source: StoreBackedSource | None = None,
+    voices: DiscordVoices | None = None,
 ) -> AsyncIterator[MusicBot]:
     """Log in, connect and wait until ready; on leaving, close the gateway (bounded)."""
     if not settings.token:
@@ -149,6 +151,9 @@ async def open_bot(
         return bot
 
     bot = await call_asyncio_from_trio(make)
+    if voices is not None:
+        # Before login: an interaction can arrive before READY (one queued while we were away).
+        voices.client = bot
     with pointed_at(settings):
         async with _running(bot, settings.token, announcer):
             yield bot
