@@ -141,6 +141,8 @@ async def open_song_store(settings: Settings) -> AsyncIterator[ProcessedSongStor
                 f"another musicbot is using the cache directory {settings.cache_dir}; "
                 "give each process its own cache_dir"
             ) from None
+        if settings.store_verify_on_start:
+            await verify_most_played(opened, settings.store_verify_on_start)
         stats = opened.statistics()
         log.info(
             "song store %s: %d songs, %.1f MiB",
@@ -149,6 +151,17 @@ async def open_song_store(settings: Settings) -> AsyncIterator[ProcessedSongStor
             stats.bytes / 2**20,
         )
         yield opened
+
+
+async def verify_most_played(store: ProcessedSongStore, count: int) -> int:
+    """Checksum the `count` most played songs; returns how many were damaged (and dropped)."""
+    songs = sorted(await store.songs(), key=lambda song: -song.play_count)[:count]
+    damaged = 0
+    for song in songs:
+        if not await store.verify(song.key):
+            damaged += 1
+    log.info("song store: checked the %d most played songs, %d damaged", len(songs), damaged)
+    return damaged
 
 
 def check_cache_dir(path: str) -> None:

@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate settings and print them")
     check.add_argument("--config", metavar="FILE", help="a TOML settings file")
+
+    from musicbot.cache_cli import add_cache_commands
+
+    add_cache_commands(commands)
     return parser
 
 
@@ -98,6 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_command(args.config)
         if args.command == "check-config":
             return check_config_command(args.config)
+        if args.command == "cache":
+            from musicbot.cache_cli import cache_command
+
+            try:
+                return cache_command(load_settings(args.config), args)
+            except BaseException as exc:
+                startup = _startup_error(exc)
+                if startup is None:
+                    raise
+                return _fail(str(startup), EXIT_STARTUP)
         from musicbot.demo import demo_command
 
         return demo_command(args.scenario, as_json=args.json, verbose=args.verbose)

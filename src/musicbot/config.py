@@ -94,6 +94,9 @@ class Settings:
     """Upcoming songs transcoded into the store while one plays (0: off)."""
     warm_concurrency: int = attrs.field(default=2, validator=_at_least_one)
     """Songs warmed at once, for the whole bot."""
+    store_verify_on_start: int = attrs.field(default=0, validator=_at_least_zero)
+    """Check this many of the most played stored songs (whole-file checksums) at start-up;
+    damaged ones are dropped and fetched again when next played."""
 
     ffmpeg_path: str | None = None
     """ffmpeg to run; default: the binary bundled with imageio-ffmpeg."""

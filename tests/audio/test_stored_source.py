@@ -133,3 +133,22 @@ async def test_live_streams_and_tracks_without_a_key_are_never_kept(rig: Rig) ->
         await play(rig, track)
     await settled(rig)
     assert rig.store.statistics().entries == 0
+
+
+async def test_the_most_played_songs_can_be_checked_at_start(rig: Rig) -> None:
+    from musicbot.app import verify_most_played
+
+    tracks = [tone(rig.media, 300 + 100 * i, 1) for i in range(3)]
+    for track in tracks:
+        await play(rig, track)
+    await settled(rig)
+    for _ in range(2):
+        await play(rig, tracks[0])  # now the most played
+    songs = {song.key: song for song in await rig.store.songs()}
+    damaged = songs[tracks[0].key].path
+    data = bytearray(damaged.read_bytes())
+    data[-50] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    assert await verify_most_played(rig.store, 1) == 1
+    assert tracks[0].key not in {song.key for song in await rig.store.songs()}
+    assert await verify_most_played(rig.store, 5) == 0

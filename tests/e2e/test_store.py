@@ -112,3 +112,24 @@ async def test_with_warming_the_next_song_starts_from_the_store(
     else:
         assert source.warmed == 0
         assert source.played_from_store == 0
+
+
+async def test_play_suggests_stored_songs(media_cache: Path) -> None:
+    async with open_loopback_bot(guilds=1, media_cache=media_cache) as env:
+        member = env.discord.member(guild=1, name="dj")
+        await member.join_voice("Music")
+        url = env.media.page_url(440, 1, title="Morning tone")
+        await reply_to(await member.slash("play", query=url))
+        await env.discord.wait_for(lambda: len(env.discord.rtp_packets(1)) >= 50, what="audio")
+        with trio.fail_after(5):
+            await env.app.source.wait_copies_done()
+        assert env.app.store.statistics().entries == 1
+        choices = await member.autocomplete("play", "query", query="morn")
+        assert [c.name for c in choices] == ["Morning tone (1)"]
+        assert choices[0].value == env.media.tone_url(440, 1)  # the media, to the same key
+        assert await member.autocomplete("play", "query", query="evening") == ()
+        again = await reply_to(await member.slash("play", query=choices[0].value))
+        assert not again.ephemeral
+        await env.discord.wait_for(
+            lambda: env.app.source.statistics().played_from_store == 1, what="from the store"
+        )

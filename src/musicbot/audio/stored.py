@@ -87,7 +87,7 @@ class StoreBackedSource:
                     stream = self._store.open_stored(song)
                     async with stream as packets:
                         self._from_store += 1
-                        self._copies.start_soon(self._store.mark_played, key)
+                        await self._store.mark_played(key)
                         yield _Guarded(packets, self._store, self._copies)
                     return
                 except StoredSongError as damaged:
@@ -98,7 +98,7 @@ class StoreBackedSource:
                 local = attrs.evolve(track, url=str(song.path))
                 async with self._ffmpeg.open(local, start=start, volume=volume) as frames:
                     self._from_store_file += 1
-                    self._copies.start_soon(self._store.mark_played, key)
+                    await self._store.mark_played(key)
                     yield frames
                 return
         async with self._ffmpeg.open(track, start=start, volume=volume) as frames:

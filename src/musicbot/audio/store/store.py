@@ -238,6 +238,10 @@ class ProcessedSongStore:
             self._hits += 1
         return song
 
+    async def songs(self) -> list[StoredSong]:
+        """Every stored song, least recently played first."""
+        return await self._db(self._live_index.songs)
+
     async def mark_played(self, key: str) -> bool:
         """Record one more play of `key`, now; False if it is not stored."""
         return await self._db(self._live_index.mark_played, key, self._clock())

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+AUTOCOMPLETE_CHOICES = 25
+CHOICE_LIMIT = 100
+"""Discord's limit on a choice's name and value."""
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -119,6 +123,28 @@ class Music(commands.Cog):
             await interaction.followup.send(embed=embed, view=player_controls())
         else:
             await interaction.followup.send(embed=embed)
+
+    @play.autocomplete("query")
+    async def suggest_stored(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        """Songs already in the store (they start at once), most played first."""
+        store = self.bot.store
+        if store is None:
+            return []
+        songs = await call_trio_from_asyncio(store.songs)
+        wanted = current.casefold().strip()
+        matches = sorted(
+            (song for song in songs if wanted in song.title.casefold()),
+            key=lambda song: (-song.play_count, -song.last_played),
+        )
+        choices = []
+        for song in matches[:AUTOCOMPLETE_CHOICES]:
+            # A link plays exactly that song; a site's own id has no link here: search its title.
+            value = song.key.removeprefix("url:") if song.key.startswith("url:") else song.title
+            if len(value) <= CHOICE_LIMIT:
+                choices.append(app_commands.Choice(name=song.title[:CHOICE_LIMIT], value=value))
+        return choices
 
     @app_commands.command(description="Stop playing and leave the voice channel.")
     async def leave(self, interaction: discord.Interaction) -> None:
