@@ -152,3 +152,15 @@ async def test_the_most_played_songs_can_be_checked_at_start(rig: Rig) -> None:
     assert await verify_most_played(rig.store, 1) == 1
     assert tracks[0].key not in {song.key for song in await rig.store.songs()}
     assert await verify_most_played(rig.store, 5) == 0
+
+
+async def test_a_download_cut_short_plays_but_is_not_kept(rig: Rig) -> None:
+    url = rig.media.truncated_url(300, 2, keep=0.5)
+    track = Track(title="cut", url=url, key=f"url:{url}")  # no duration known, as for links
+    packets = await play(rig, track)
+    assert 30 <= len(packets) <= 70  # what there was
+    await settled(rig)
+    with trio.fail_after(10):
+        await rig.source.warm(track)
+    stats = rig.store.statistics()
+    assert (stats.entries, stats.writes_committed) == (0, 0)

@@ -119,6 +119,9 @@ class TranscodedStream(OpusStream):
         self.stderr = stderr
         self.title = title
         self.start = start
+        self.whole: bool | None = None
+        """Once ended: whether ffmpeg read its input to the end without an error (a download
+        cut short also ends the stream normally, but is not the whole song)."""
 
     async def _fill(self) -> None:
         try:
@@ -131,6 +134,7 @@ class TranscodedStream(OpusStream):
         returncode = await self.process.wait()
         await self.stderr.closed.wait()
         errors = self.stderr.errors()
+        self.whole = returncode == 0 and not errors
         if self.demuxer.packets == 0:
             if returncode == 0 and not errors:
                 if self.start > 0:

@@ -163,6 +163,8 @@ class StoreBackedSource:
                 _lower_priority(frames)
                 async for packet in frames:
                     writer.add(packet)
+                if getattr(frames, "whole", True) is False:
+                    return  # a download cut short: not the whole song, not kept
             if await writer.commit() is not None:
                 self._warmed += 1
 
@@ -195,7 +197,8 @@ class _Tee:
         try:
             frame = await self._frames.__anext__()
         except StopAsyncIteration:
-            self.complete = True
+            # Ended, and (for ffmpeg) read to the end without an error: the whole song.
+            self.complete = getattr(self._frames, "whole", True) is not False
             raise
         self._copy.send_nowait(frame)
         return frame
