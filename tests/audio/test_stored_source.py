@@ -164,3 +164,25 @@ async def test_a_download_cut_short_plays_but_is_not_kept(rig: Rig) -> None:
         await rig.source.warm(track)
     stats = rig.store.statistics()
     assert (stats.entries, stats.writes_committed) == (0, 0)
+
+
+async def test_a_full_disk_leaves_playback_whole_and_says_so(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from musicbot.audio.store import files as store_files
+
+    def full_disk(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_files, "write_all", full_disk)
+    track = tone(rig.media, 440, 2)
+    packets = await play(rig, track)
+    assert 98 <= len(packets) <= 103  # every frame reached the player
+    await settled(rig)
+    stats = rig.store.statistics()
+    assert stats.disk_full
+    assert (stats.entries, stats.write_failures) == (0, 1)
+    assert list(rig.store.songs_dir.iterdir()) == []
