@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,18 +12,6 @@ import trio.testing
 
 from musicbot.testing._http import RangeNotSatisfiable, byte_range
 from musicbot.testing.media import MediaServer, open_media_server, unreachable_url
-
-
-@pytest.fixture(scope="session")
-def tone_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tones")
-
-
-@pytest.fixture
-async def media(tone_cache: Path) -> AsyncIterator[MediaServer]:
-    async with open_media_server(cache_dir=tone_cache) as server:
-        yield server
-
 
 # --- a small HTTP client that tells a complete body from a cut one ---------------------------
 
@@ -171,7 +158,7 @@ async def test_a_connection_is_kept_alive_between_requests(media: MediaServer) -
     assert media.statistics().connections == 1
 
 
-async def test_requests_are_counted_and_tones_made_once(tone_cache: Path, tmp_path: Path) -> None:
+async def test_requests_are_counted_and_tones_made_once(media_cache: Path, tmp_path: Path) -> None:
     async with open_media_server(cache_dir=tmp_path) as media:
         url = media.tone_url(523, 1, "mp3")
         assert media.request_count(url) == 0
@@ -313,9 +300,9 @@ async def assert_refused(port: int) -> None:
         await probe.connect(("127.0.0.1", port))
 
 
-async def test_closing_the_server_closes_everything(tone_cache: Path) -> None:
+async def test_closing_the_server_closes_everything(media_cache: Path) -> None:
     with trio.fail_after(10):
-        async with open_media_server(cache_dir=tone_cache) as media:
+        async with open_media_server(cache_dir=media_cache) as media:
             assert media.host == "127.0.0.1"
             lingering = await trio.open_tcp_stream(media.host, media.port)
             await lingering.send_all(b"GET /tone/440/1.mp3 HTTP/1.1\r\nHost: x\r\n\r\n")
