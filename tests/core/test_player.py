@@ -272,3 +272,34 @@ async def test_idle_seconds_count_from_the_last_activity_and_are_zero_while_play
     assert rig.player.idle_seconds() == 0.0
     await trio.sleep(40)
     assert rig.player.idle_seconds() == pytest.approx(10, abs=0.05)
+
+
+async def test_a_bug_handling_a_request_ends_the_player_and_the_asker_hears_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    from musicbot.core.mailbox import ask
+    from musicbot.core.messages import Request
+
+    class Unknown(Request[None]):
+        pass
+
+    voice, source = FakeVoice(1), FakeFrameSource()
+    player = GuildPlayer(1, voice, source)
+    inbox_tx, inbox_rx = trio.open_memory_channel[Any](16)
+    crashes: list[Exception] = []
+
+    async def run_and_record(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await player.run(inbox_rx, task_status=task_status)
+        except Exception as exc:  # what a supervisor would log as a crash
+            crashes.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_and_record)
+        with pytest.raises(ActorGone):
+            await ask(inbox_tx, Unknown())
+        assert trio.current_time() == 0  # at once, not after the reply timeout
+    (crash,) = crashes
+    assert isinstance(crash, ExceptionGroup)
+    assert crash.subgroup(lambda e: isinstance(e, TypeError) and "unknown message" in str(e))
+    assert voice.disconnects == 1

@@ -234,6 +234,9 @@ class GuildPlayer:
                 answer = self._handle(request.body, request.reply_to)
             except Refused as refusal:
                 answer = refusal
+            except BaseException:
+                request.reply_to.close()  # the asker hears ActorGone now, not at its timeout
+                raise
             if answer is _DEFERRED:
                 continue  # the reply channel now belongs to a queue entry
             with request.reply_to:
