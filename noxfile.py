@@ -62,3 +62,10 @@ def demo(session: nox.Session) -> None:
     """The offline demo against the loopback Discord (`-- --json`, `-- --scenario FILE`)."""
     session.install("-e", ".[loopback]")
     session.run("musicbot", "demo", *session.posargs)
+
+
+@nox.session(python=_first_available_python())
+def bench(session: nox.Session) -> None:
+    """Benchmarks against baselines, side by side (`-- --quick`, `-- --only cache cpu`)."""
+    _install(session, "bench", extras="[loopback]")
+    session.run("python", "bench/run.py", *session.posargs)
