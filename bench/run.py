@@ -15,10 +15,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import cache_bench
 import cpu_bench
 import machine
+import shutdown_bench
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "cache": cache_bench.run,
     "cpu": cpu_bench.run,
+    "shutdown": shutdown_bench.run,
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -44,6 +46,18 @@ def table(results: dict[str, Any]) -> str:
         lines += [f"| {name} | {value:.4f} |" for name, value in costs.items()]
         ratio = cpu["transcoding_over_passthrough"]
         lines += ["", f"transcoding / passthrough: {ratio:.0f}x ({_verdict(cpu)})"]
+    shutdown = results["benchmarks"].get("shutdown")
+    if shutdown:
+        real, fake = shutdown["real_process"], shutdown["fake_actors"]
+        lines += ["", "| shutdown | seconds to exit | left behind |", "| --- | ---: | --- |"]
+        lines += [
+            f"| SIGTERM, `musicbot run`, {real['guilds_playing']} guilds playing "
+            f"| {real['seconds_to_exit']:.2f} | {real['children_left']} child processes, "
+            f"{real['still_in_voice']} voice connections |",
+            f"| cancellation, {fake['actors']} actors on fake voices "
+            f"| {fake['seconds_to_exit']:.3f} | {fake['actors'] - fake['disconnected_once']} "
+            f"voices not disconnected exactly once |",
+        ]
     return "\n".join(lines)
 
 
