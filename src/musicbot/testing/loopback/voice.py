@@ -224,9 +224,7 @@ class VoiceServer:
             if voice is None:
                 state.reject("voice udp", 0, f"IP discovery for unknown ssrc {ssrc}")
                 return None
-            if now < voice.udp_drop_until:
-                voice.udp_dropped += 1
-                state.changes.notify()
+            if self._dropping(voice, now):
                 return None
             return rtp.discovery_reply(ssrc, address, port)
         ssrc = rtp.rtp_ssrc(datagram)
@@ -234,9 +232,7 @@ class VoiceServer:
         if voice is None:
             state.reject("voice udp", 0, f"datagram of {len(datagram)} bytes from no known session")
             return None
-        if now < voice.udp_drop_until:
-            voice.udp_dropped += 1
-            state.changes.notify()
+        if self._dropping(voice, now):
             return None
         try:
             if voice.secret_key is None or voice.mode is None:
@@ -253,6 +249,14 @@ class VoiceServer:
         )
         state.changes.notify()
         return None
+
+    def _dropping(self, voice: BotVoice, now: float) -> bool:
+        """Whether the `drop_udp` fault swallows this guild's datagrams now (counted)."""
+        if now >= voice.udp_drop_until:
+            return False
+        voice.udp_dropped += 1
+        self._state.changes.notify()
+        return True
 
     def _voice_by_ssrc(self, ssrc: int) -> BotVoice | None:
         return next((v for v in self._state.bot_voice.values() if v.ssrc == ssrc), None)
