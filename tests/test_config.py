@@ -51,6 +51,9 @@ def test_environment_lists_are_comma_separated() -> None:
         ("colour = 1", "unknown setting 'colour'"),
         ("max_connections = ", "is not valid TOML"),
         ('gateway_url = "gateway.discord.gg"', "gateway_url must be an http"),
+        ("shard_ids = [0, 1]", "shard_ids needs shard_count"),
+        ("shard_count = 2\nshard_ids = [1, 2]", r"shard_ids must be between 0 and 1 .* not 2"),
+        ("shard_count = 0", "shard_count must be at least 1"),
     ],
 )
 def test_invalid_files_say_what_is_wrong_in_one_line(
@@ -110,3 +113,8 @@ def test_check_config_prints_effective_settings_with_the_token_masked(
     assert '"max_connections": 4' in out
     assert "abcdefghijklmnop" not in out
     assert "abcd…(16 characters)" in out
+
+
+def test_shards_from_the_environment() -> None:
+    settings = load_settings(environ={"MUSICBOT_SHARD_COUNT": "4", "MUSICBOT_SHARD_IDS": "2,3"})
+    assert (settings.shard_count, settings.shard_ids) == (4, (2, 3))

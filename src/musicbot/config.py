@@ -41,6 +41,19 @@ def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: int)
         raise ConfigError(f"{attribute.name} must be at least 1, not {value!r}")
 
 
+def _shard_ids(instance: Settings, attribute: attrs.Attribute[Any], value: tuple[int, ...]) -> None:
+    if not value:
+        return
+    if instance.shard_count is None:
+        raise ConfigError("shard_ids needs shard_count: how many shards there are in all")
+    wrong = [shard for shard in value if not 0 <= shard < instance.shard_count]
+    if wrong:
+        raise ConfigError(
+            f"shard_ids must be between 0 and {instance.shard_count - 1} "
+            f"(shard_count is {instance.shard_count}), not {wrong[0]!r}"
+        )
+
+
 def _log_level(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
@@ -71,6 +84,12 @@ class Settings:
     """Register slash commands in these guilds only (instant); empty: globally."""
     guild_ready_timeout: float = attrs.field(default=2.0, validator=_positive)
     """Seconds discord.py waits for guilds to stream in after login before it reports ready."""
+    shard_count: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_at_least_one)
+    )
+    """Gateway shards across all of the bot's processes; unset: as many as Discord recommends."""
+    shard_ids: tuple[int, ...] = attrs.field(default=(), validator=_shard_ids)
+    """The shards this process runs, each below shard_count; empty: all of them."""
 
     max_connections: int = attrs.field(default=10, validator=_at_least_one)
     idle_timeout: float = attrs.field(default=3600.0, validator=_positive)

@@ -105,7 +105,9 @@ async def loopback_world(media_cache: Path) -> AsyncIterator[tuple[FakeDiscord, 
     async with (
         trio_asyncio.open_loop(),
         open_media_server(cache_dir=media_cache) as media,
-        open_fake_discord(guilds=3) as discord_,
+        # A cold process on a loaded 2-core CI machine: its first commands get the start-up
+        # allowance, not the in-process tests' 5 s. The shutdown itself is still held to 5 s.
+        open_fake_discord(guilds=3, wait_timeout=STARTUP_TIMEOUT) as discord_,
     ):
         yield discord_, media
 
@@ -115,10 +117,12 @@ async def test_a_signal_shuts_down_cleanly_within_5_seconds_leaving_nothing(
     loopback_world: tuple[FakeDiscord, MediaServer], tmp_path: Path, signum: signal.Signals
 ) -> None:
     discord_, media = loopback_world
-    env = bot_environment(discord_, tmp_path)
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "musicbot", "run"], env=env, stderr=subprocess.PIPE
-    )
+    env = bot_environment(discord_, tmp_path, MUSICBOT_LOG_LEVEL="INFO")
+    log_path = tmp_path / "bot.log"
+    with log_path.open("wb") as log:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "musicbot", "run"], env=env, stderr=log
+        )
     try:
         with trio.fail_after(STARTUP_TIMEOUT):
             await discord_.wait_for(lambda: "play" in discord_.commands, what="the bot's login")
@@ -141,6 +145,7 @@ async def test_a_signal_shuts_down_cleanly_within_5_seconds_leaving_nothing(
         if process.returncode is None:
             process.kill()
             await process.wait()
+        print(log_path.read_text())  # pytest shows it when the test fails
     assert returncode == 0
     for guild in (1, 2, 3):
         assert discord_.bot_voice_channel(guild) is None

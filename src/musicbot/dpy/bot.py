@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,11 @@ from musicbot.core.messages import EndReason
 from musicbot.core.supervisor import ResourceSupervisor
 from musicbot.dpy.announcer import Announcer
 from musicbot.dpy.answers import answer_privately, explain
-from musicbot.dpy.bridge import call_asyncio_from_trio, call_trio_from_asyncio
+from musicbot.dpy.bridge import (
+    asyncio_errors_logged,
+    call_asyncio_from_trio,
+    call_trio_from_asyncio,
+)
 from musicbot.dpy.voice import DiscordVoices
 
 log = logging.getLogger(__name__)
@@ -39,7 +44,14 @@ class MusicTree(app_commands.CommandTree["MusicBot"]):
         await answer_privately(interaction, explain(error, f"/{command}"))
 
 
-class MusicBot(commands.Bot):
+IDENTIFY_INTERVAL = 5.0
+"""Seconds between IDENTIFYs in one concurrency bucket (Discord's rule for shards)."""
+
+
+class MusicBot(commands.AutoShardedBot):
+    """The discord.py side of musicbot. Always sharded (one shard for a small bot): the gateway
+    limits voice joins per shard connection, so a bot in many voice channels needs shards."""
+
     def __init__(
         self,
         settings: Settings,
@@ -58,7 +70,11 @@ class MusicBot(commands.Bot):
             help_command=None,
             tree_cls=MusicTree,
             guild_ready_timeout=settings.guild_ready_timeout,
+            shard_count=settings.shard_count,
+            # None (all shards) is discord.py's own default; its annotation leaves it out.
+            shard_ids=list(settings.shard_ids) or None,  # type: ignore[arg-type]
         )
+        self._identify_concurrency = 1  # Discord's max_concurrency, read at setup
         self.settings = settings
         self.supervisor = supervisor
         self.announcer = announcer
@@ -67,6 +83,8 @@ class MusicBot(commands.Bot):
         self.ready = trio.Event()
 
     async def setup_hook(self) -> None:
+        _, _, limit = await self.http.get_bot_gateway()
+        self._identify_concurrency = max(1, int(limit.get("max_concurrency", 1)))
         from musicbot.dpy.cogs.admin import Admin
         from musicbot.dpy.cogs.music import Music
         from musicbot.dpy.controls import PlayerButton, QueuePageButton
@@ -81,6 +99,15 @@ class MusicBot(commands.Bot):
                 await self.tree.sync(guild=guild)
         else:
             await self.tree.sync()
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """discord.py waits 5 s before every IDENTIFY but the first. Discord allows
+        `max_concurrency` at once (shard_id % max_concurrency is the bucket), so shards start
+        a round of that many at a time: a large bot starts in seconds, not minutes."""
+        if initial:
+            return
+        if shard_id is None or shard_id % self._identify_concurrency == 0 or self.is_ready():
+            await asyncio.sleep(IDENTIFY_INTERVAL)
 
     async def on_voice_state_update(
         self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
@@ -144,8 +171,11 @@ async def open_bot(
         raise ValueError("open_bot needs settings.token")
 
     async def make() -> MusicBot:
-        # aiohttp's connector must be made while the asyncio loop runs.
-        connector = aiohttp.TCPConnector(ssl=ssl_context(settings))
+        # aiohttp's connector must be made while the asyncio loop runs. Every gateway shard and
+        # every voice connection holds one of its connections for as long as it lives, so no
+        # pool limit (aiohttp's default of 100 would hang the 99th voice join): discord.py's
+        # own default connector is unlimited too.
+        connector = aiohttp.TCPConnector(ssl=ssl_context(settings), limit=0)
         bot = MusicBot(settings, supervisor, announcer, connector=connector)
         bot.store, bot.source = store, source
         return bot
@@ -154,7 +184,7 @@ async def open_bot(
     if voices is not None:
         # Before login: an interaction can arrive before READY (one queued while we were away).
         voices.client = bot
-    with pointed_at(settings):
+    with pointed_at(settings), asyncio_errors_logged():
         async with _running(bot, settings.token, announcer):
             yield bot
 

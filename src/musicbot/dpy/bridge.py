@@ -6,11 +6,16 @@ and runs Trio code; `*_from_trio` is awaited from Trio code (an actor) and runs 
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
 
 import trio_asyncio
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -30,3 +35,32 @@ async def call_asyncio_from_trio(
     """Await the asyncio coroutine function `fn(*args, **kwargs)` from Trio code."""
     result: T = await trio_asyncio.aio_as_trio(functools.partial(fn, *args, **kwargs))()
     return result
+
+
+@contextmanager
+def asyncio_errors_logged() -> Iterator[None]:
+    """Log what asyncio code reports to its loop instead of raising it into the loop.
+
+    trio-asyncio's default handler re-raises every such report ("Task exception was never
+    retrieved", a callback that raised), which ends the loop and the bot with it. discord.py
+    reports harmless races that way: an IP discovery reply that lands after its connect was
+    given up sets a cancelled future. A bot that runs for months logs them and carries on.
+    """
+    loop = trio_asyncio.current_loop.get()
+    if loop is None:
+        raise RuntimeError("asyncio_errors_logged() needs a running trio-asyncio loop")
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(_log_report)
+    try:
+        yield
+    finally:
+        loop.set_exception_handler(previous)
+
+
+def _log_report(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    error = context.get("exception")
+    log.warning(
+        "asyncio reported an error nobody awaited (the bot carries on): %s",
+        context.get("message") or "no message",
+        exc_info=error if isinstance(error, BaseException) else None,
+    )

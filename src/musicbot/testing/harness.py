@@ -56,17 +56,27 @@ async def open_loopback_bot(
     *,
     guilds: int = 2,
     media_cache: Path | None = None,
+    shards: int = 1,
+    identify_concurrency: int = 1,
+    voice_udp: tuple[str, int] | None = None,
     **settings: Any,
 ) -> AsyncIterator[LoopbackBot]:
     """Open a trio-asyncio loop, the media server, the loopback Discord and the bot in it.
 
     `settings` override the bot's Settings (for example `idle_timeout=5`). `media_cache` keeps
-    generated tones between calls (tests pass one per session).
+    generated tones between calls (tests pass one per session). `voice_udp` sends the bot's
+    RTP to a receiver of the caller's; `shards` and `identify_concurrency` are what the fake
+    Discord recommends and allows (see `open_fake_discord`).
     """
     async with (
         trio_asyncio.open_loop(),
         open_media_server(cache_dir=media_cache) as media,
-        open_fake_discord(guilds=guilds) as discord,
+        open_fake_discord(
+            guilds=guilds,
+            shards=shards,
+            identify_concurrency=identify_concurrency,
+            voice_udp=voice_udp,
+        ) as discord,
     ):
         # A song store of its own unless given one, gone afterwards: never the user's cache.
         with tempfile.TemporaryDirectory(prefix="musicbot-store-") as scratch:

@@ -266,6 +266,12 @@ class FakeDiscord:
         wrap the call in `trio.fail_after()` for a shorter bound."""
         return await self._world.wait_for(predicate, what=what)
 
+    def identifies(self) -> tuple[tuple[tuple[int, int], float], ...]:
+        """Every IDENTIFY the gateway accepted, in order: its [shard_id, shard_count] and when
+        (trio.current_time())."""
+        sessions = self._world.gateway.sessions.values()
+        return tuple((session.shard, session.identified_at) for session in sessions)
+
     @property
     def errors(self) -> tuple[RejectedRequest, ...]:
         """Requests the fake refused (as Discord would have), with reasons. Expect () in tests."""
@@ -357,13 +363,19 @@ async def open_fake_discord(
     voice_channels: Sequence[str] = ("Music", "Lounge"),
     answer_timeout: float = 3.0,
     wait_timeout: float = 5.0,
+    voice_udp: tuple[str, int] | None = None,
+    identify_concurrency: int = 1,
 ) -> AsyncIterator[FakeDiscord]:
     """Run a fake Discord on 127.0.0.1 for the duration of the `async with`.
 
     Must run inside `async with trio_asyncio.open_loop():`. `shards` is what GET /gateway/bot
     recommends; `answer_timeout` is Discord's deadline for an interaction's first answer;
-    `wait_timeout` bounds the face's other waits. On exit every websocket is closed (1001), every
-    server and the UDP socket are closed, and no task is left behind.
+    `wait_timeout` bounds the face's other waits. `voice_udp` sends the bot's RTP to that
+    address instead of the fake's own UDP endpoint (a receiver in another process, for load
+    benchmarks: it must answer IP discovery itself, and the fake then hears nothing).
+    `identify_concurrency` is the `max_concurrency` GET /gateway/bot reports (a large bot's).
+    On exit every websocket is closed (1001), every server and the UDP socket are closed, and
+    no task is left behind.
     """
     if trio_asyncio.current_loop.get() is None:
         raise RuntimeError(
@@ -380,6 +392,7 @@ async def open_fake_discord(
         )
         voice = VoiceServer(state)
         gateway = Gateway(state, voice, shards=shards)
+        gateway.identify_concurrency = identify_concurrency
         world = World(state, gateway, voice, wait_timeout)
 
         http_app = web.Application()
@@ -392,6 +405,7 @@ async def open_fake_discord(
 
         with await open_udp_socket() as udp:
             voice.udp_port = udp.getsockname()[1]
+            voice.udp_address = voice_udp
             async with (
                 _serve(http_app) as http_port,
                 _serve(voice_app, ssl_context=tls.server_context()) as voice_port,

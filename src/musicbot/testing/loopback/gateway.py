@@ -57,6 +57,7 @@ class GatewaySession:
     replay: collections.deque[JSON] = attrs.Factory(lambda: collections.deque(maxlen=REPLAY_LIMIT))
     connection: GatewayConnection | None = None
     ready_written: trio.Event = attrs.Factory(trio.Event)
+    identified_at: float = attrs.Factory(trio.current_time)
 
     def covers(self, guild_id: int) -> bool:
         shard_id, shard_count = self.shard
@@ -83,6 +84,7 @@ class Gateway:
         self._state = state
         self._voice = voice
         self.recommended_shards = shards
+        self.identify_concurrency = 1  # GET /gateway/bot's max_concurrency
         self.sessions: dict[str, GatewaySession] = {}
         self.connections: set[GatewayConnection] = set()
 

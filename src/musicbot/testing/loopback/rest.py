@@ -200,7 +200,7 @@ class Rest:
             "total": 1000,
             "remaining": 1000 - self._state.identifies,
             "reset_after": 86_400_000,
-            "max_concurrency": 1,
+            "max_concurrency": self._gateway.identify_concurrency,
         }
         return json_response(
             {

@@ -245,8 +245,12 @@ class State:
         self.owner = User(self.ids.next(), "owner")
         self.users: dict[int, User] = {self.bot.id: self.bot, self.owner.id: self.owner}
         self.guilds: list[Guild] = []
-        for index in range(1, guilds + 1):
-            self.guilds.append(self._make_guild(index, list(text_channels), list(voice_channels)))
+        # Guild ids first, one millisecond apart: guilds spread over shards round-robin.
+        guild_ids = [self.ids.next() for _ in range(guilds)]
+        for index, guild_id in enumerate(guild_ids, start=1):
+            self.guilds.append(
+                self._make_guild(index, guild_id, list(text_channels), list(voice_channels))
+            )
         self.bot_voice = {g.id: BotVoice(g.id) for g in self.guilds}
         self.messages: dict[int, Message] = {}
         self.channel_messages: dict[int, list[int]] = {}
@@ -260,8 +264,7 @@ class State:
         self.identifies = 0
         self.resumes = 0
 
-    def _make_guild(self, index: int, texts: list[str], voices: list[str]) -> Guild:
-        guild_id = self.ids.next()
+    def _make_guild(self, index: int, guild_id: int, texts: list[str], voices: list[str]) -> Guild:
         guild = Guild(index, guild_id, f"Guild {index}", owner_id=self.owner.id)
         guild.roles[guild_id] = Role(guild_id, "@everyone", permissions.EVERYONE_DEFAULT, 0)
         bot_role = Role(

@@ -35,6 +35,9 @@ class VoiceServer:
         self._state = state
         self.endpoint = ""  # "127.0.0.1:PORT", known once the TLS site listens
         self.udp_port = 0
+        # Where READY sends the bot's RTP: the fake's own socket, or (for load benchmarks) a
+        # receiver in another process, which then answers IP discovery itself.
+        self.udp_address: tuple[str, int] | None = None
         self.connections: dict[int, VoiceConnection] = {}  # by guild id, authenticated ones
         self._all: set[VoiceConnection] = set()
 
@@ -162,13 +165,14 @@ class VoiceServer:
         voice.secret_key = None
         voice.mode = None
         voice.described = False
+        ip, port = self.udp_address or ("127.0.0.1", self.udp_port)
         connection.outbox.send(
             {
                 "op": 2,
                 "d": {
                     "ssrc": voice.ssrc,
-                    "ip": "127.0.0.1",
-                    "port": self.udp_port,
+                    "ip": ip,
+                    "port": port,
                     "modes": list(rtp.MODES),
                     "heartbeat_interval": 1,
                 },
