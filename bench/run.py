@@ -16,11 +16,22 @@ import cache_bench
 import cpu_bench
 import machine
 import shutdown_bench
+import soak_bench
+import streams_bench
+import ttfa_bench
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
-    "cache": cache_bench.run,
+    "streams": streams_bench.run,
+    "ttfa": ttfa_bench.run,
     "cpu": cpu_bench.run,
+    "soak": soak_bench.run,
+    "cache": cache_bench.run,
     "shutdown": shutdown_bench.run,
+}
+TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "streams": streams_bench.table,
+    "ttfa": ttfa_bench.table,
+    "soak": soak_bench.table,
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,6 +44,10 @@ def table(results: dict[str, Any]) -> str:
     run = "quick" if results["quick"] else "full"
     where = results["machine"]
     lines = [f"Measured {results['when']} on {where['cpu']} ({where['cores']} cores), {run} run."]
+    for name, lines_of in TABLES.items():
+        result = results["benchmarks"].get(name)
+        if result:
+            lines += ["", *lines_of(result)]
     cache = results["benchmarks"].get("cache")
     if cache:
         lines += ["", "| cache (get/set mix) | ops/s |", "| --- | ---: |"]

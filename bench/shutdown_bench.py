@@ -23,6 +23,11 @@ from musicbot.testing.media import open_media_server
 
 
 async def _real_process(guilds: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="musicbot-bench-") as scratch:
+        return await _signal_a_playing_bot(guilds, scratch)
+
+
+async def _signal_a_playing_bot(guilds: int, scratch: str) -> dict[str, Any]:
     async with (
         trio_asyncio.open_loop(),
         open_media_server() as media,
@@ -36,7 +41,7 @@ async def _real_process(guilds: int) -> dict[str, Any]:
             MUSICBOT_CA_FILE=str(discord_.ca_pem_path),
             MUSICBOT_GUILD_READY_TIMEOUT="0.05",
             MUSICBOT_ALLOW_HOSTS="127.0.0.1",
-            MUSICBOT_CACHE_DIR=tempfile.mkdtemp(prefix="musicbot-bench-"),
+            MUSICBOT_CACHE_DIR=scratch,
             MUSICBOT_LOG_LEVEL="ERROR",
         )
         process = await trio.lowlevel.open_process(

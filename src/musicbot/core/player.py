@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 import trio
 
+from musicbot.core.clock import FrameClock
 from musicbot.core.mailbox import InboxReceiver, close_inbox
 from musicbot.core.messages import (
     Enqueue,
@@ -62,6 +63,9 @@ RESYNC_AFTER = 0.100
 
 LATENESS_WINDOW = 3000
 """Lateness samples kept for percentiles: the last minute of frames."""
+
+WATCHDOG_REFRESH = 1.0
+"""Seconds between moves of the stall watchdog's deadline while frames flow."""
 
 MAX_VOLUME = 200
 
@@ -160,8 +164,11 @@ class GuildPlayer:
         on_event: EventSink = ignore_event,
         limits: PlayerLimits = PlayerLimits(),
         warmer: Warmer | None = None,
+        clock: FrameClock | None = None,
     ) -> None:
         self.guild_id = guild_id
+        # A supervisor's players share its FrameClock; a player on its own sleeps by itself.
+        self._sleep_until = trio.sleep_until if clock is None else clock.sleep_until
         self._voice = voice
         self._source = source
         self._channel_id = channel_id
@@ -474,19 +481,21 @@ class GuildPlayer:
     async def _pace(self, frames: AsyncIterator[bytes]) -> bool:
         """Send frame k at anchor + k x 20 ms: absolute deadlines, so lateness never accumulates.
 
-        Returns False if the source sent nothing for `stall_timeout` (the track has stalled).
+        Returns False if the source sent nothing for `stall_timeout` (the track has stalled;
+        told within WATCHDOG_REFRESH of it: moving a deadline every frame costs Trio a heap push).
         """
         anchor: float | None = None  # set when the first frame is in hand, not before
         k = 0
         stall_timeout = self._limits.stall_timeout
-        with trio.CancelScope(deadline=trio.current_time() + stall_timeout) as watchdog:
+        watchdog_set = trio.current_time()
+        with trio.CancelScope(deadline=watchdog_set + stall_timeout) as watchdog:
             async for frame in frames:
                 now = trio.current_time()
                 if anchor is None:
                     # Not before the previous stream's last frame has had its 20 ms.
                     anchor = max(now, self._next_due)
                 due = anchor + k * FRAME_SECONDS
-                await trio.sleep_until(due)
+                await self._sleep_until(due)
                 if self._paused:
                     watchdog.deadline = math.inf
                     await self._set_speaking(False)
@@ -510,7 +519,9 @@ class GuildPlayer:
                 self._lateness.append(lateness)
                 k += 1
                 self._next_due = due + FRAME_SECONDS
-                watchdog.deadline = now + stall_timeout
+                if now - watchdog_set >= WATCHDOG_REFRESH:
+                    watchdog.deadline = now + stall_timeout
+                    watchdog_set = now
         return not watchdog.cancelled_caught
 
     async def _wait_until_resumed(self) -> None:

@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from musicbot.core.cache import CacheStatistics, LRUCache
+from musicbot.core.clock import FrameClock
 from musicbot.core.mailbox import ActorGone, Inbox, InboxReceiver, ask, close_inbox
 from musicbot.core.messages import (
     EndReason,
@@ -238,6 +239,8 @@ class ResourceSupervisor:
     ) -> None:
         self._players = nursery
         self._inbox = inbox
+        self.frame_clock = FrameClock()
+        """The players' shared frame timer; its ticker runs in the players' nursery."""
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.alone_timeout = alone_timeout
@@ -439,6 +442,7 @@ class ResourceSupervisor:
             on_event=self._on_event,
             limits=self._player_limits,
             warmer=self._warmer,
+            clock=self.frame_clock,
         )
         child = _Child(player, PlayerHandle(body.guild_id, inbox_tx), inbox_rx)
         self._children[body.guild_id] = child
@@ -524,6 +528,7 @@ async def open_supervisor(
             player_limits=player_limits,
             warmer=warmer,
         )
+        players.start_soon(supervisor.frame_clock.run, name="frame clock")
         players.start_soon(supervisor.run, inbox_rx, name="ResourceSupervisor")
         players.start_soon(_sweep_periodically, supervisor, name="idle sweep")
         yield supervisor

@@ -23,6 +23,12 @@ one CapacityLimiter shared by the whole bot. A cancelled or timed-out call retur
 thread runs on until yt-dlp's socket timeout ends it, still holding its limiter token, so stuck
 threads can never exceed `concurrency`. One query resolves at most half the threads' worth of
 entries at a time, so a long playlist does not starve other guilds' queries.
+
+Instances: building a YoutubeDL costs tens of milliseconds and its first request as much again,
+so a YtdlPool keeps up to `concurrency` idle ones. A worker thread borrows one for one call and
+gives it back when the call succeeded, after `release()` closed the call's responses and forgot
+which hosts the UrlPolicy allowed (each call checks them again); an instance whose call raised is
+closed and thrown away. A thread abandoned at the deadline keeps its instance until it ends.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -59,9 +66,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MakeYtdl = Callable[[dict[str, Any], UrlPolicy], Any]
-"""Builds the YoutubeDL for one call from its params and the UrlPolicy its requests obey.
-The default is GuardedYoutubeDL; tests may add extractors (the object must be a context manager
-with YoutubeDL's `extract_info` and `process_ie_result`)."""
+"""Builds a YoutubeDL from its params and the UrlPolicy its requests obey. The default is
+GuardedYoutubeDL; tests may add extractors. The object must be a context manager with YoutubeDL's
+`extract_info` and `process_ie_result`: it is entered when made and exited when thrown away. It is
+reused for further calls only if it has GuardedYoutubeDL's `release()`; else it serves one call."""
 
 
 class YtdlLog:
@@ -93,9 +101,10 @@ class GuardedYoutubeDL(yt_dlp.YoutubeDL):  # type: ignore[misc]  # yt-dlp ships 
     responses are checked again where redirects ended (the request was made, but nothing of a
     private page's content comes back). A refusal raises ResolveError through yt-dlp.
 
-    Closing it closes every response it opened, error responses included: yt-dlp's generic
-    extractor leaves the response to a direct audio link open, and an HTTPError keeps its
-    response; their sockets would otherwise wait for the garbage collector.
+    `release()` ends one call, so that the instance can serve another: it closes every response
+    the call opened, error responses included (yt-dlp's generic extractor leaves the response to
+    a direct audio link open, and an HTTPError keeps its response; their sockets would otherwise
+    wait for the garbage collector). `close()` releases it and closes it for good.
     """
 
     def __init__(
@@ -123,11 +132,24 @@ class GuardedYoutubeDL(yt_dlp.YoutubeDL):  # type: ignore[misc]  # yt-dlp ships 
                 raise
         return response
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Forget the call just made: close its responses, and check every host with the
+        UrlPolicy again on the next call (a host one user's query reached says nothing about the
+        next query; the policy's own answer is what counts). Messages yt-dlp prints only once are
+        forgotten too, so that they do not pile up. Extractors stay initialized, and cookies stay
+        in the jar: YouTube's consent cookie is set once, when its extractor is initialized.
+        """
         responses, self._musicbot_responses = self._musicbot_responses, []
         for response in responses:
             with contextlib.suppress(Exception):
                 response.close()
+        self._musicbot_allowed.clear()
+        printed = getattr(self, "_printed_messages", None)  # yt-dlp's own: it may be renamed
+        if isinstance(printed, set):
+            printed.clear()
+
+    def close(self) -> None:
+        self.release()
         super().close()
 
     def _musicbot_check(self, url: str) -> None:
@@ -158,11 +180,110 @@ def ytdl_params(settings: SourceSettings, logger: YtdlLog) -> dict[str, Any]:
     }
 
 
+@attrs.frozen
+class YtdlPoolStatistics:
+    idle: int
+    """Instances waiting to be borrowed."""
+    made: int
+    """Instances built so far."""
+    closed: int
+    """Instances closed so far: their call raised, the pool was full or closed."""
+
+
+@attrs.define(eq=False)
+class _Lease:
+    """A made instance: the context manager the factory returned, and what entering it gave."""
+
+    manager: Any
+    ytdl: Any
+
+    def release(self) -> bool:
+        """Makes the instance ready for another call; False when it cannot be."""
+        release = getattr(self.ytdl, "release", None)
+        if not callable(release):
+            return False
+        release()
+        return True
+
+    def close(self) -> None:
+        try:
+            self.manager.__exit__(None, None, None)
+        except Exception:
+            log.exception("could not close a yt-dlp instance")
+
+
+class YtdlPool:
+    """Idle YoutubeDL instances, borrowed by worker threads for one call at a time.
+
+    `with pool.borrow() as ytdl:` runs in the worker thread. It takes an idle instance or makes
+    one with `make()`, and gives it back when the block ends without an exception and the
+    instance's `release()` readied it for another call. An instance whose call raised, or that
+    has no `release()`, is closed instead; so are those given back while `max_idle` wait already,
+    and those given back after `close()`. Thread-safe; never blocks (but for `make()`).
+    """
+
+    def __init__(self, make: Callable[[], Any], *, max_idle: int) -> None:
+        self._make = make
+        self._max_idle = max_idle
+        self._lock = threading.Lock()
+        self._idle: list[_Lease] = []
+        self._closed = False
+        self._made = 0
+        self._closed_count = 0
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[Any]:
+        lease = self._take()
+        try:
+            yield lease.ytdl
+            reusable = lease.release()
+        except BaseException:
+            self._close(lease)
+            raise
+        if not reusable or not self._give_back(lease):
+            self._close(lease)
+
+    def close(self) -> None:
+        """Close the idle instances. Those still borrowed are closed when given back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for lease in idle:
+            self._close(lease)
+
+    def statistics(self) -> YtdlPoolStatistics:
+        with self._lock:
+            return YtdlPoolStatistics(len(self._idle), self._made, self._closed_count)
+
+    def _take(self) -> _Lease:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()  # the most recently used: the warmest
+        manager = self._make()
+        lease = _Lease(manager, manager.__enter__())
+        with self._lock:
+            self._made += 1
+        return lease
+
+    def _give_back(self, lease: _Lease) -> bool:
+        with self._lock:
+            if self._closed or len(self._idle) >= self._max_idle:
+                return False
+            self._idle.append(lease)
+            return True
+
+    def _close(self, lease: _Lease) -> None:
+        lease.close()
+        with self._lock:
+            self._closed_count += 1
+
+
 class YtdlResolver:
     """The Resolver port over yt-dlp: `await resolver.resolve("what the user typed")`.
 
     Build one per bot from SourceSettings; it is safe to share between guilds. Requester is left
-    empty in the tracks: the caller knows who asked.
+    empty in the tracks: the caller knows who asked. `close()` closes the idle yt-dlp instances
+    it keeps for reuse.
     """
 
     def __init__(
@@ -176,15 +297,32 @@ class YtdlResolver:
         self.rules = QueryRules(
             search_prefix=settings.search_prefix, max_length=settings.max_query_length
         )
-        self.policy = UrlPolicy(allow=settings.allow_hosts)
-        self._make_ytdl = make_ytdl
-        self._params = ytdl_params(settings, logger or YtdlLog())
+        self._policy = policy = UrlPolicy(allow=settings.allow_hosts)
+        params = ytdl_params(settings, logger or YtdlLog())
+        self._ytdls = YtdlPool(
+            lambda: make_ytdl(dict(params), policy), max_idle=settings.concurrency
+        )
         self._threads = trio.CapacityLimiter(settings.concurrency)
         self._fan_out = max(1, settings.concurrency // 2)
+
+    @property
+    def policy(self) -> UrlPolicy:
+        """What may be fetched. Read-only: pooled yt-dlp instances keep the one they were made
+        with."""
+        return self._policy
 
     def statistics(self) -> trio.CapacityLimiterStatistics:
         """The yt-dlp threads: borrowed (running or abandoned but still running) and waiting."""
         return self._threads.statistics()
+
+    def ytdl_statistics(self) -> YtdlPoolStatistics:
+        """The yt-dlp instances: idle, made and closed so far."""
+        return self._ytdls.statistics()
+
+    def close(self) -> None:
+        """Close the idle yt-dlp instances. Calls still running close theirs when they end; any
+        later call uses a fresh instance and closes it."""
+        self._ytdls.close()
 
     async def resolve(self, query: str) -> Resolved:
         """Raises ResolveError with a message for the user when nothing playable is found."""
@@ -296,14 +434,14 @@ class YtdlResolver:
 
     def _list(self, query: Query, target: str) -> Listing:
         page_url = target if query.kind is QueryKind.LINK else ""
-        with self._make_ytdl(dict(self._params), self.policy) as ytdl:
+        with self._ytdls.borrow() as ytdl:
             info = ytdl.extract_info(target, download=False)
         return read_listing(info if isinstance(info, Mapping) else None, page_url=page_url)
 
     def _resolve_entry(self, item: Pending) -> Candidate:
         if _is_web(item.url):
             self.policy.check_blocking(item.url)
-        with self._make_ytdl(dict(self._params), self.policy) as ytdl:
+        with self._ytdls.borrow() as ytdl:
             info = ytdl.process_ie_result(dict(item.entry), download=False)
         entry = read_entry(info, page_url=item.url)
         if isinstance(entry, Candidate):

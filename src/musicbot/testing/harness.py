@@ -6,6 +6,7 @@ UDP, all on 127.0.0.1. Needs the `loopback` extra.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -83,8 +84,9 @@ async def open_loopback_bot(
             settings.setdefault("cache_dir", Path(scratch))
             bot_settings = loopback_settings(discord, **settings)
             resolver = resolver_for(bot_settings, make_ytdl=with_loopback_search(media))
-            async with open_app(bot_settings, resolver=resolver) as app:
-                yield LoopbackBot(discord, media, app)
+            with contextlib.closing(resolver):
+                async with open_app(bot_settings, resolver=resolver) as app:
+                    yield LoopbackBot(discord, media, app)
 
 
 async def reply_to(interaction: Interaction) -> Message:

@@ -1,0 +1,58 @@
+"""The fixes MusicVoiceClient carries over discord.py 2.7's voice connection."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import discord
+import trio
+
+from musicbot.dpy.voice import _VoiceConnectionState
+from musicbot.testing.harness import open_loopback_bot, reply_to
+
+
+def test_a_quick_leave_confirmation_is_not_lost() -> None:
+    state = _VoiceConnectionState.__new__(_VoiceConnectionState)
+
+    async def leave() -> None:
+        state._state = discord.voice_state.ConnectionFlowState.connected
+        state._state_event = asyncio.Event()
+        state._connected = asyncio.Event()
+        state._disconnected = asyncio.Event()
+        state._expecting_disconnect = False
+
+        async def change_voice_state(*, channel: object) -> None:
+            # Discord answers before the send returns: discord.py would see it now.
+            if state._expecting_disconnect:
+                state._disconnected.set()
+
+        guild = SimpleNamespace(change_voice_state=change_voice_state)
+        state.voice_client = SimpleNamespace(channel=SimpleNamespace(guild=guild))  # type: ignore[assignment]
+        await state._voice_disconnect()
+
+    asyncio.run(leave())
+    assert state._disconnected.is_set()
+    assert state.state is discord.voice_state.ConnectionFlowState.disconnected
+
+
+def _readers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("voice-socket-reader")]
+
+
+async def test_leaving_ends_the_voice_reader_thread_at_once(media_cache: Path) -> None:
+    async with open_loopback_bot(guilds=1, media_cache=media_cache) as loopback:
+        discord_ = loopback.discord
+        member = discord_.member(guild=1, name="dj")
+        await member.join_voice("Music")
+        await reply_to(await member.slash("play", query=loopback.media.tone_url(440, 5)))
+        await discord_.wait_for(lambda: discord_.rtp_packets(1), what="audio")
+        assert _readers()
+        await reply_to(await member.slash("leave"))
+        await discord_.wait_bot_voice(1, channel=None)
+        # discord.py's reader waits in select() for up to 30 s unless woken.
+        with trio.fail_after(5):
+            while _readers():  # noqa: ASYNC110 (a thread's end wakes no Trio event)
+                await trio.sleep(0.05)
