@@ -4,7 +4,6 @@ and what was left behind (child processes, voice connections, tasks)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import trio_asyncio
 
 from musicbot.core.supervisor import open_supervisor
 from musicbot.testing import FakeFrameSource, FakeVoice, tone_track
-from musicbot.testing.harness import reply_to
+from musicbot.testing.harness import process_environment, reply_to
 from musicbot.testing.loopback import open_fake_discord
 from musicbot.testing.media import open_media_server
 
@@ -33,17 +32,7 @@ async def _signal_a_playing_bot(guilds: int, scratch: str) -> dict[str, Any]:
         open_media_server() as media,
         open_fake_discord(guilds=guilds) as discord_,
     ):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSICBOT_", "DISCORD_"))}
-        env.update(
-            DISCORD_TOKEN=discord_.token,
-            MUSICBOT_API_BASE_URL=discord_.api_base,
-            MUSICBOT_GATEWAY_URL=discord_.gateway_url,
-            MUSICBOT_CA_FILE=str(discord_.ca_pem_path),
-            MUSICBOT_GUILD_READY_TIMEOUT="0.05",
-            MUSICBOT_ALLOW_HOSTS="127.0.0.1",
-            MUSICBOT_CACHE_DIR=scratch,
-            MUSICBOT_LOG_LEVEL="ERROR",
-        )
+        env = process_environment(discord_, cache_dir=scratch, MUSICBOT_LOG_LEVEL="ERROR")
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "musicbot", "run"], env=env
         )

@@ -39,7 +39,6 @@ after the warm-up, and no child process at either.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import statistics
 import sys
@@ -54,7 +53,7 @@ import psutil
 import trio
 import trio_asyncio
 
-from musicbot.testing.harness import reply_to
+from musicbot.testing.harness import process_environment, reply_to
 from musicbot.testing.loopback import FakeDiscord, FakeMember, Message, open_fake_discord
 from musicbot.testing.loopback.snowflakes import shard_of
 from musicbot.testing.media import MediaServer, open_media_server
@@ -308,19 +307,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def _environment(discord_: FakeDiscord, cache_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSICBOT_", "DISCORD_"))}
-    env.update(
-        DISCORD_TOKEN=discord_.token,
-        MUSICBOT_API_BASE_URL=discord_.api_base,
-        MUSICBOT_GATEWAY_URL=discord_.gateway_url,
-        MUSICBOT_CA_FILE=str(discord_.ca_pem_path),
-        MUSICBOT_GUILD_READY_TIMEOUT="0.05",
-        MUSICBOT_ALLOW_HOSTS="127.0.0.1",
-        MUSICBOT_MAX_CONNECTIONS=str(GUILDS),
-        MUSICBOT_CACHE_DIR=str(cache_dir),
-        MUSICBOT_LOG_LEVEL="WARNING",
-    )
-    return env
+    return process_environment(discord_, cache_dir=cache_dir, MUSICBOT_MAX_CONNECTIONS=str(GUILDS))
 
 
 GOAL = (

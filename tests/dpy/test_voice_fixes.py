@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,3 +57,23 @@ async def test_leaving_ends_the_voice_reader_thread_at_once(media_cache: Path) -
         with trio.fail_after(5):
             while _readers():  # noqa: ASYNC110 (a thread's end wakes no Trio event)
                 await trio.sleep(0.05)
+
+
+async def test_voice_works_with_descriptors_numbered_past_select_s_limit(
+    media_cache: Path,
+) -> None:
+    # A busy bot's sockets are numbered past 1024, where select() gives up.
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        async with open_loopback_bot(guilds=1, media_cache=media_cache) as loopback:
+            discord_ = loopback.discord
+            member = discord_.member(guild=1, name="dj")
+            await member.join_voice("Music")
+            answer = await reply_to(
+                await member.slash("play", query=loopback.media.tone_url(440, 3))
+            )
+            assert not answer.ephemeral, answer.content
+            await discord_.wait_for(lambda: len(discord_.rtp_packets(1)) >= 10, what="audio")
+    finally:
+        for descriptor in fillers:
+            os.close(descriptor)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 import trio
 import trio_asyncio
 
-from musicbot.testing.harness import reply_to
+from musicbot.testing.harness import process_environment, reply_to
 from musicbot.testing.loopback import FakeDiscord, open_fake_discord
 from musicbot.testing.media import MediaServer, open_media_server, unreachable_url
 
@@ -22,22 +21,7 @@ STARTUP_TIMEOUT = 30
 
 
 def bot_environment(discord: FakeDiscord | None, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSICBOT_", "DISCORD_"))}
-    env.update(
-        MUSICBOT_CACHE_DIR=str(tmp_path / "cache"),
-        MUSICBOT_GUILD_READY_TIMEOUT="0.05",
-        MUSICBOT_ALLOW_HOSTS="127.0.0.1",
-        MUSICBOT_LOG_LEVEL="WARNING",
-    )
-    if discord is not None:
-        env.update(
-            DISCORD_TOKEN=discord.token,
-            MUSICBOT_API_BASE_URL=discord.api_base,
-            MUSICBOT_GATEWAY_URL=discord.gateway_url,
-            MUSICBOT_CA_FILE=str(discord.ca_pem_path),
-        )
-    env.update(extra)
-    return env
+    return process_environment(discord, cache_dir=tmp_path / "cache", **extra)
 
 
 def run_to_end(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 
 import discord
-from discord.voice_state import ConnectionFlowState, VoiceConnectionState
+from discord.voice_state import ConnectionFlowState, SocketReader, VoiceConnectionState
 
 from musicbot.core.ports import VoiceConnectError
 from musicbot.dpy.bridge import call_asyncio_from_trio
@@ -21,6 +22,46 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 15.0
 """Seconds Discord gets to complete a voice handshake."""
+
+
+class _PollingSocketReader(SocketReader):
+    """discord.py's voice UDP reader, waiting with poll() instead of select().
+
+    select() cannot wait on a descriptor numbered 1024 or more: past about 250 voice
+    connections in one process every new reader got ValueError, which discord.py's loop takes
+    for a closed socket and retries at once, spinning a core, and IP discovery never finished
+    (the streams benchmark's cliff at 256 guilds). poll() has no such limit.
+    """
+
+    def _do_run(self) -> None:
+        while not self._end.is_set():
+            if not self._running.is_set():
+                self._running.wait()
+                continue
+            sock = self.state.socket
+            try:
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+                events = poller.poll(30_000)
+            except (ValueError, TypeError, OSError):  # no socket yet, or a closed one
+                self._end.wait(0.05)
+                continue
+            if not events:
+                continue
+            try:
+                data = sock.recv(2048)
+            except OSError:
+                log.debug("voice socket read failed; it is being replaced or closed")
+                self._end.wait(0.05)
+                continue
+            if not data:  # shut for reading: the connection is ending
+                self._end.wait(0.05)
+                continue
+            for callback in self._callbacks:
+                try:
+                    callback(data)
+                except Exception:
+                    log.exception("a voice socket listener failed")
 
 
 class _VoiceConnectionState(VoiceConnectionState):
@@ -33,10 +74,18 @@ class _VoiceConnectionState(VoiceConnectionState):
     - the "you left" confirmation is expected before the leave is sent: discord.py cleared
       the flag after sending, so a quick answer was lost and the leave waited out its timeout;
     - one disconnect at a time: a websocket closing normally during a leave started a second,
-      nested one, which cleared the confirmation again.
+      nested one, which cleared the confirmation again;
+    - its UDP reader waits with poll(), not select() (see `_PollingSocketReader`).
     """
 
     _disconnecting = False
+
+    def __init__(self, voice_client: discord.VoiceClient) -> None:
+        super().__init__(voice_client)
+        # discord.py started its select() reader already; it ends at once, paused as it is.
+        self._socket_reader.stop()
+        self._socket_reader = _PollingSocketReader(self)
+        self._socket_reader.start()
 
     async def disconnect(
         self, *, force: bool = True, cleanup: bool = True, wait: bool = False
@@ -46,6 +95,9 @@ class _VoiceConnectionState(VoiceConnectionState):
         self._disconnecting = True
         try:
             if cleanup and self.socket:
+                # Told to end first: a socket shut for reading is always readable, and a
+                # reader still running would spin on it.
+                self._socket_reader.stop()
                 with contextlib.suppress(OSError):  # not connected: nothing to wake
                     self.socket.shutdown(socket.SHUT_RD)
             await super().disconnect(force=force, cleanup=cleanup, wait=wait)

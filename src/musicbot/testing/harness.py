@@ -7,6 +7,7 @@ UDP, all on 127.0.0.1. Needs the `loopback` extra.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,6 +51,30 @@ def loopback_settings(discord: FakeDiscord, *, cache_dir: Path, **overrides: Any
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def process_environment(
+    discord: FakeDiscord | None, *, cache_dir: Path | str, **extra: str
+) -> dict[str, str]:
+    """The environment for a `musicbot run` process aimed at `discord` (None: at nothing),
+    keeping its songs in `cache_dir`: this process's environment without any MUSICBOT_ or
+    DISCORD_ variable of the user's, plus the loopback's, plus `extra` (MUSICBOT_... = value)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSICBOT_", "DISCORD_"))}
+    env.update(
+        MUSICBOT_CACHE_DIR=str(cache_dir),
+        MUSICBOT_GUILD_READY_TIMEOUT="0.05",
+        MUSICBOT_ALLOW_HOSTS="127.0.0.1",
+        MUSICBOT_LOG_LEVEL="WARNING",
+    )
+    if discord is not None:
+        env.update(
+            DISCORD_TOKEN=discord.token,
+            MUSICBOT_API_BASE_URL=discord.api_base,
+            MUSICBOT_GATEWAY_URL=discord.gateway_url,
+            MUSICBOT_CA_FILE=str(discord.ca_pem_path),
+        )
+    env.update(extra)
+    return env
 
 
 @asynccontextmanager
