@@ -19,6 +19,7 @@ have settled. A step passes when missing frames are under 0.1 % and the p99 late
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
 import tempfile
@@ -40,6 +41,8 @@ from musicbot.testing.rtp_sink import Sink, open_rtp_sink
 
 MISSING_LIMIT = 0.001
 P99_LIMIT_MS = 5.0
+LEAVE_TIMEOUT = 5.0
+"""The baseline's voice timeout (connect, and the wait for a leave's confirmation)."""
 JOINS_AT_ONCE = 4
 """Streams started at once while adding a step (join voice, /play): what is measured is
 streams sustained, not a burst of joins, which the process hosting the loopback Discord too
@@ -203,7 +206,7 @@ async def _baseline(
             assert isinstance(channel, discord.VoiceChannel)
 
             async def connect_and_play() -> None:
-                voice = await channel.connect(self_deaf=True)
+                voice = await channel.connect(self_deaf=True, timeout=LEAVE_TIMEOUT)
                 voices.append(voice)
                 voice.play(discord.FFmpegOpusAudio(str(song), codec="copy", executable=ffmpeg))
 
@@ -213,11 +216,18 @@ async def _baseline(
         async def add_streams(playing: int, level: int) -> int:
             return await _start_all(start, range(playing + 1, level + 1))
 
+        async def leave_all() -> None:
+            # At once: discord.py waits for each leave's confirmation (it loses some; that
+            # wait is the connect timeout) and swallows the cancellation meant to end it.
+            await asyncio.gather(*(v.disconnect(force=True) for v in voices))
+
         try:
             return await _ramp(sink, levels, add_streams, settle, window)
         finally:
             for voice in voices:
                 voice.stop()  # ffmpeg is killed and reaped by discord.py's cleanup
+            with trio.CancelScope(shield=True):
+                await trio_asyncio.aio_as_trio(leave_all)()
 
 
 def _largest(steps: list[dict[str, Any]]) -> int:
