@@ -39,6 +39,31 @@ def test_a_quick_leave_confirmation_is_not_lost() -> None:
     assert state.state is discord.voice_state.ConnectionFlowState.disconnected
 
 
+def test_a_quick_answer_to_a_join_is_not_dropped() -> None:
+    state = _VoiceConnectionState.__new__(_VoiceConnectionState)
+    flow = discord.voice_state.ConnectionFlowState
+    channel_id = 42
+
+    async def join() -> None:
+        state._state = flow.disconnected
+        state._state_event = asyncio.Event()
+        state._connected = asyncio.Event()
+
+        async def change_voice_state(**_: object) -> None:
+            # Discord's VOICE_STATE_UPDATE arrives before the send returns.
+            await state.voice_state_update(
+                {"channel_id": str(channel_id), "session_id": "s"}  # type: ignore[typeddict-item]
+            )
+
+        guild = SimpleNamespace(change_voice_state=change_voice_state)
+        channel = SimpleNamespace(id=channel_id, guild=guild)
+        state.voice_client = SimpleNamespace(channel=channel)  # type: ignore[assignment]
+        await state._voice_connect(self_deaf=True)
+
+    asyncio.run(join())
+    assert state.state is flow.got_voice_state_update
+
+
 def _readers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("voice-socket-reader")]
 

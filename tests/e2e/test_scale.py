@@ -16,15 +16,20 @@ GUILDS = 104  # past aiohttp's default pool of 100, with the gateway shard's web
 
 
 async def test_more_voice_connections_than_aiohttp_pools_by_default(media_cache: Path) -> None:
+    # What is tested is that every join works, not how fast a hundred go on two loaded cores.
     async with open_loopback_bot(
-        guilds=GUILDS, shards=2, max_connections=GUILDS, media_cache=media_cache
+        guilds=GUILDS,
+        shards=2,
+        max_connections=GUILDS,
+        media_cache=media_cache,
+        wait_timeout=30,
     ) as loopback:
         discord_, media = loopback.discord, loopback.media
         url = media.tone_url(330, 20)
         # Stored first: a hundred ffmpeg processes starting at once on two cores would be slow.
         app = loopback.app
         await app.source.warm((await app.supervisor.resolve(url)).tracks[0])
-        limiter = trio.CapacityLimiter(16)
+        limiter = trio.CapacityLimiter(8)
 
         async def play(guild: int) -> None:
             async with limiter:

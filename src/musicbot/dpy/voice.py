@@ -73,6 +73,8 @@ class _VoiceConnectionState(VoiceConnectionState):
       (about 0.3 MB) alive;
     - the "you left" confirmation is expected before the leave is sent: discord.py cleared
       the flag after sending, so a quick answer was lost and the leave waited out its timeout;
+      likewise the two voice updates that answer a join are expected before the join is sent:
+      discord.py dropped any that came while the send was under way, and the join timed out;
     - one disconnect at a time: a websocket closing normally during a leave started a second,
       nested one, which cleared the confirmation again;
     - its UDP reader waits with poll(), not select() (see `_PollingSocketReader`).
@@ -103,6 +105,11 @@ class _VoiceConnectionState(VoiceConnectionState):
             await super().disconnect(force=force, cleanup=cleanup, wait=wait)
         finally:
             self._disconnecting = False
+
+    async def _voice_connect(self, *, self_deaf: bool = False, self_mute: bool = False) -> None:
+        if self.state is ConnectionFlowState.disconnected:
+            self.state = ConnectionFlowState.set_guild_voice_state
+        await super()._voice_connect(self_deaf=self_deaf, self_mute=self_mute)
 
     async def _voice_disconnect(self) -> None:
         self.state = ConnectionFlowState.disconnected
