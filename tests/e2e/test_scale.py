@@ -1,52 +1,27 @@
-"""Past the small numbers: more voice connections than a connection pool's default, and an
-asyncio error report that must not end the bot."""
+"""Past the small numbers: no connection pool limit on voice connections, and an asyncio error
+report that must not end the bot."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
+import aiohttp
 import pytest
 import trio
 import trio_asyncio
 
-from musicbot.testing.harness import LoopbackBot, open_loopback_bot, reply_to
-
-GUILDS = 104  # past aiohttp's default pool of 100, with the gateway shard's websocket too
+from musicbot.testing.harness import LoopbackBot, reply_to
 
 
-async def test_more_voice_connections_than_aiohttp_pools_by_default(media_cache: Path) -> None:
-    # What is tested is that every join works, not how fast a hundred go on two loaded cores.
-    async with open_loopback_bot(
-        guilds=GUILDS,
-        shards=2,
-        max_connections=GUILDS,
-        media_cache=media_cache,
-        wait_timeout=30,
-    ) as loopback:
-        discord_, media = loopback.discord, loopback.media
-        url = media.tone_url(330, 20)
-        # Stored first: a hundred ffmpeg processes starting at once on two cores would be slow.
-        app = loopback.app
-        await app.source.warm((await app.supervisor.resolve(url)).tracks[0])
-        limiter = trio.CapacityLimiter(8)
-
-        async def play(guild: int) -> None:
-            async with limiter:
-                member = discord_.member(guild=guild, name="dj")
-                await member.join_voice("Music")
-                answer = await reply_to(await member.slash("play", query=url))
-                assert not answer.ephemeral, answer.content
-
-        async with trio.open_nursery() as nursery:
-            for guild in range(1, GUILDS + 1):
-                nursery.start_soon(play, guild)
-        for guild in range(1, GUILDS + 1):
-            assert discord_.bot_voice_channel(guild) == "Music"
-        await discord_.wait_for(
-            lambda: all(discord_.rtp_packets(g) for g in range(1, GUILDS + 1)),
-            what="audio in every guild",
-        )
+async def test_the_connection_pool_has_no_limit(loopback: LoopbackBot) -> None:
+    # Every gateway shard and every voice connection holds a connection of this pool for as
+    # long as it lives: aiohttp's default limit of 100 hung the 99th voice join. (The streams
+    # benchmark runs hundreds of voice connections through it; a test of 104 real ones was
+    # too slow for a loaded 2-core CI to run reliably.)
+    connector = loopback.app.bot.http.connector
+    assert isinstance(connector, aiohttp.TCPConnector)
+    assert connector.limit == 0
+    assert connector.limit_per_host == 0
 
 
 async def test_an_asyncio_error_report_is_logged_and_the_bot_carries_on(
