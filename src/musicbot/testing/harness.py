@@ -85,7 +85,6 @@ async def open_loopback_bot(
     shards: int = 1,
     identify_concurrency: int = 1,
     voice_udp: tuple[str, int] | None = None,
-    wait_timeout: float = 5.0,
     **settings: Any,
 ) -> AsyncIterator[LoopbackBot]:
     """Open a trio-asyncio loop, the media server, the loopback Discord and the bot in it.
@@ -93,8 +92,7 @@ async def open_loopback_bot(
     `settings` override the bot's Settings (for example `idle_timeout=5`). `media_cache` keeps
     generated tones between calls (tests pass one per session). `voice_udp` sends the bot's
     RTP to a receiver of the caller's; `shards` and `identify_concurrency` are what the fake
-    Discord recommends and allows, `wait_timeout` bounds its face's waits (see
-    `open_fake_discord`).
+    Discord recommends and allows (see `open_fake_discord`).
     """
     async with (
         trio_asyncio.open_loop(),
@@ -104,7 +102,6 @@ async def open_loopback_bot(
             shards=shards,
             identify_concurrency=identify_concurrency,
             voice_udp=voice_udp,
-            wait_timeout=wait_timeout,
         ) as discord,
     ):
         # A song store of its own unless given one, gone afterwards: never the user's cache.
