@@ -18,27 +18,33 @@ recommends 20 shards (one guild on each: its guilds' ids are consecutive millise
 guild starts a cycle at most every `CYCLE_PERIOD` seconds.
 
 Growth: the first 10 % of each guild's cycles (at least its first) are a warm-up, not measured.
-The growth per 1,000 cycles of a metric is the least-squares slope of the samples taken every 20
-measured cycles while cycling, times 1,000. Memory is judged on that. Resident memory is what an
-operator sees: it includes what the C allocator keeps after Python frees it, so a heap that grew
-to hold a peak of live objects (many voice connections at once) counts as much as a leak of live
-objects does. The slope over the second half of the measured cycles is reported too: a ramp to a
-steady state flattens there, a leak does not.
+Memory, descriptors, threads and child processes are judged at two quiet points: after the
+warm-up and after the last cycle, with nobody in voice, the bench leaves the bot alone for
+`QUIET_SECONDS` and samples. Cycles in flight hold sockets, pipes, ffmpeg processes and the
+buffers of up to 20 voice connections, so samples taken while cycling swing with how many are
+in flight and with the sweep; the quiet points compare like with like. The growth per 1,000
+cycles is the change between them, divided by the measured cycles. Resident memory is what an
+operator sees: it includes what the C allocator keeps after Python frees it. The bot's sweep
+gives that back (glibc's malloc_trim); the soak runs it every `SWEEP_SECONDS`, since it packs
+hours of a busy bot's joins and leaves into minutes. The samples taken every 20 measured cycles
+while cycling are reported too: their least-squares slope over the run, and over its second
+half (a ramp to a steady state flattens there, a leak does not).
 
-Threads and descriptors are judged at quiet points instead, not while cycling: cycles in flight
-hold sockets, pipes and ffmpeg processes. (discord.py's `voice-socket-reader` thread of each
-voice connection used to sit in a 30 s `select()` after a disconnect, holding the whole
-connection: about 400 of them alive while cycling; musicbot's MusicVoiceClient wakes it at the
-leave now.) So after the warm-up and again after the last cycle, with nobody in voice, the
-bench waits `QUIET_SECONDS` (longer than Trio's idle worker threads' 10 s and aiohttp's 15 s
-keep-alive) and samples; `settled_after_seconds` says when the counts stopped moving.
-The verdict compares the two quiet points: no more descriptors or threads at the end than
-after the warm-up, and no child process at either.
+Quiet means waiting out the timers that legitimately hold resources after a leave: Trio's idle
+worker threads (10 s), and aiohttp's keep-alive connections, idle 15 s before its cleanup,
+which runs every 15 s, closes them: up to 31 s after their last request. (discord.py's
+`voice-socket-reader` thread of each voice connection used to sit in a 30 s `select()` after a
+disconnect, holding the whole connection: about 400 of them alive while cycling; musicbot's
+MusicVoiceClient wakes it at the leave now.) `settled_after_seconds` says when the counts
+stopped moving; descriptors that differ between the quiet points are listed by kind.
+The verdict: resident memory under 5 MB per 1,000 cycles, no more descriptors or threads at
+the end than after the warm-up, and no child process at either.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import signal
 import statistics
 import sys
@@ -78,8 +84,13 @@ COLD_SECONDS = 60.0
 """Always skipped, so never stored: every play of one runs ffmpeg."""
 COLD_EVERY = 5
 """One play in this many is of a cold tone."""
-QUIET_SECONDS = 17.0
-"""How long the bot is left alone before a quiet sample."""
+SWEEP_SECONDS = 10.0
+"""The bot's idle sweep interval (5 minutes by default). The sweep gives the heap's free pages
+back to the OS; the soak packs an hour's worth of a busy bot's cycles into each minute, so it
+sweeps as much more often."""
+QUIET_SECONDS = 35.0
+"""How long the bot is left alone before a quiet sample: past aiohttp's keep-alive cleanup
+(up to 31 s) and Trio's idle worker threads (10 s), and at least one sweep."""
 STARTUP_SECONDS = 60.0
 WAIT_SECONDS = 20.0
 """The loopback Discord's bound on waits (a follow-up, audio, the bot leaving): generous, so a
@@ -141,6 +152,25 @@ class Soak:
                 threads=self.bot.num_threads(),
                 children=len(self.bot.children(recursive=True)),
             )
+
+    def descriptors(self) -> Counter[str]:
+        """The bot's open descriptors by kind: a socket by type, address family and state, a
+        file by path, anything else by what /proc names it."""
+        kinds: Counter[str] = Counter()
+        sockets = {
+            conn.fd: f"socket {conn.type.name} {conn.family.name} {conn.status}"
+            for conn in self.bot.net_connections(kind="all")
+        }
+        for entry in Path(f"/proc/{self.bot.pid}/fd").iterdir():
+            try:
+                target = entry.readlink().as_posix()
+            except OSError:
+                continue  # closed while listing
+            if target.startswith("socket:"):
+                kinds[sockets.get(int(entry.name), "socket (unix or unlisted)")] += 1
+            else:
+                kinds[re.sub(r"\[\d+\]$", "", target)] += 1
+        return kinds
 
     def url(self, guild: int, cycle: int) -> str:
         if cycle == 0:
@@ -307,12 +337,17 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def _environment(discord_: FakeDiscord, cache_dir: Path) -> dict[str, str]:
-    return process_environment(discord_, cache_dir=cache_dir, MUSICBOT_MAX_CONNECTIONS=str(GUILDS))
+    return process_environment(
+        discord_,
+        cache_dir=cache_dir,
+        MUSICBOT_MAX_CONNECTIONS=str(GUILDS),
+        MUSICBOT_CLEANUP_INTERVAL=str(SWEEP_SECONDS),
+    )
 
 
 GOAL = (
-    "rss under 5 MB per 1,000 cycles; no more descriptors or threads at the end than after the "
-    "warm-up and no child process, when quiet; every cycle done without an error"
+    "when quiet: resident memory under 5 MB per 1,000 cycles, no more descriptors or threads at "
+    "the end than after the warm-up and no child process; every cycle done without an error"
 )
 
 
@@ -358,7 +393,7 @@ async def _soak(quick: bool) -> dict[str, Any]:
     result["goal"] = GOAL
     result["wall_seconds"] = time.perf_counter() - started
     result["met"] = "failure" not in result and (
-        result["rss_mb"]["per_1000_cycles"] < 5
+        result["rss_mb_quiet"]["per_1000_cycles"] < 5
         and result["fds_quiet"]["end"] <= result["fds_quiet"]["start"]
         and result["threads_quiet"]["end"] <= result["threads_quiet"]["start"]
         and result["children_quiet"]["start"] == result["children_quiet"]["end"] == 0
@@ -385,11 +420,14 @@ async def _drive(
     await soak.run_cycles(0, warm_up)
     warm_up_done = soak.done
     start, start_settled = await soak.wait_quiet()
+    start_descriptors = soak.descriptors()
     soak.measuring, soak.done = True, 0
     await soak.run_cycles(warm_up, cycles_per_guild)
     if soak.done % SAMPLE_EVERY:
         soak.samples.append(soak.sample())
     end, end_settled = await soak.wait_quiet()
+    end_descriptors = soak.descriptors()
+    end_descriptors.subtract(start_descriptors)
     measured = soak.done
     shards = Counter(shard_of(guild.id, SHARDS) for guild in discord_.guilds)
     return {
@@ -416,6 +454,7 @@ async def _drive(
         "threads_quiet": _quiet(start, end, "threads", measured),
         "children_quiet": _quiet(start, end, "children", measured),
         "logged_in": attrs.asdict(logged_in),
+        "descriptors_quiet_change": {kind: n for kind, n in end_descriptors.items() if n},
         "settled_after_seconds": {"start": start_settled, "end": end_settled},
         "cycle_seconds": _percentiles(soak.cycle_seconds),
         "play_to_audio_seconds": _percentiles(soak.audio_seconds),
@@ -469,12 +508,12 @@ def table(result: dict[str, Any]) -> list[str]:
     return [
         "| soak | start (after warm-up) | end | growth per 1,000 cycles |",
         "| --- | ---: | ---: | ---: |",
-        row("resident memory (MB), while cycling", result["rss_mb"], 1),
-        row("resident memory (MB), second half", result["rss_mb_second_half"], 1),
         row("resident memory (MB), quiet", result["rss_mb_quiet"], 1),
         row("file descriptors, quiet", result["fds_quiet"]),
         row("threads, quiet", result["threads_quiet"]),
         row("child processes, quiet", result["children_quiet"]),
+        row("resident memory (MB), while cycling", result["rss_mb"], 1),
+        row("resident memory (MB), while cycling, second half", result["rss_mb_second_half"], 1),
         row("file descriptors, while cycling", result["fds"]),
         row("threads, while cycling", result["threads"]),
         row("child processes, while cycling", result["children"]),
@@ -493,6 +532,12 @@ def table(result: dict[str, Any]) -> list[str]:
         f"{result['settled_after_seconds']['end']:.0f} s after the last cycle; "
         f"peak while cycling: {result['threads']['max']:.0f} threads, "
         f"{result['fds']['max']:.0f} descriptors.",
+        "Descriptors that differ between the quiet points: "
+        + (
+            ", ".join(f"{n:+d} {kind}" for kind, n in result["descriptors_quiet_change"].items())
+            or "none"
+        )
+        + ".",
         "",
         verdict,
     ]

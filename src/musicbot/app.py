@@ -6,13 +6,12 @@ The supervisor is entered before the bot connects and left after it disconnects,
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from musicbot.core.supervisor import ResourceSupervisor, open_supervisor
 from musicbot.dpy.announcer import Announcer
 from musicbot.dpy.bot import MusicBot, open_bot
 from musicbot.dpy.voice import DiscordVoices
+from musicbot.memory import HeapKeeper
 from musicbot.metrics import open_metrics_server
 from musicbot.sources.persisted import PersistedResolver
 from musicbot.sources.settings import SourceSettings
@@ -66,6 +66,7 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
     check_cache_dir(settings.cache_dir)
     voices = DiscordVoices()
     announcer = Announcer()
+    heap = HeapKeeper()
     built: YtdlResolver | None = None  # ours to close; a resolver given to us is not
     if resolver is None:
         resolver = built = resolver_for(settings)
@@ -91,6 +92,7 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
                 paused_timeout=settings.paused_timeout,
                 cleanup_interval=settings.cleanup_interval,
                 on_event=announcer.on_event,
+                heap=heap,
                 player_limits=PlayerLimits(
                     max_queue_length=settings.max_queue_length,
                     open_timeout=settings.track_start_timeout,
@@ -104,7 +106,7 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
             ) as bot,
         ):
             try:
-                with _long_lived_heap_frozen():
+                with heap.kept():
                     yield App(settings, supervisor, bot, store, source, metrics_url)
             finally:
                 # Voice first, while the gateway can still carry the "left voice" updates.
@@ -113,21 +115,6 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
     finally:
         if built is not None:
             built.close()
-
-
-@contextmanager
-def _long_lived_heap_frozen() -> Iterator[None]:
-    """What start-up made (modules, discord.py's caches, yt-dlp's extractors: some 120,000
-    objects) lives as long as the process. Frozen, it is left out of the cyclic collector's
-    full passes, whose pause grows with the heap and lands between 20 ms audio frames (150 ms
-    with 200 guilds playing, 60 ms frozen; the streams benchmark). Unfrozen on the way out, so
-    that a process running bots one after another (the tests) collects them as usual."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 @asynccontextmanager

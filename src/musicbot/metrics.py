@@ -140,6 +140,11 @@ def _supervisor_metrics(stats: SupervisorStatistics) -> Iterator[Metric]:
     )
     yield _counter("musicbot_cleanups", "Idle sweeps run, periodic and /cleanup.", stats.cleanups)
     yield _counter(
+        "musicbot_memory_released_bytes",
+        "Free heap the sweeps gave back to the operating system (glibc malloc_trim).",
+        stats.memory_released,
+    )
+    yield _counter(
         "musicbot_frames_sent",
         "20 ms Opus frames sent to voice, all guilds.",
         stats.frames_sent,

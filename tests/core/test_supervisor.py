@@ -203,6 +203,40 @@ async def test_cleanup_now_reaps_idle_players_and_purges_the_cache(autojump_cloc
         assert (again.reaped, again.cache_expired) == ((), 0)
 
 
+class RecordingHeap:
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.settled: list[int] = []
+        self.swept: list[int] = []
+
+    def settle(self) -> None:
+        self.settled.append(sum(len(voices) for voices in self.rig.voices.values()))
+
+    def sweep(self) -> int:
+        # After the reaped player's teardown: its voice is disconnected by now.
+        self.swept.append(self.rig.voice(1).disconnects)
+        return 3 * 2**20
+
+
+async def test_the_heap_settles_after_each_join_and_is_swept_after_the_reaped_are_gone(
+    autojump_clock: Clock,
+) -> None:
+    rig = Rig()
+    heap = RecordingHeap(rig)
+    options = {"idle_timeout": 50, "cleanup_interval": 100, "heap": heap}
+    async with rig.supervisor(**options) as supervisor:
+        await supervisor.get_player(1)
+        await supervisor.get_player(2)
+        assert heap.settled == [1, 2]
+        await trio.sleep(60)
+        report = await supervisor.cleanup()
+        assert (heap.swept, report.memory_released) == ([1], 3 * 2**20)
+        await trio.sleep(100)  # the periodic sweep
+        assert heap.swept == [1, 1]
+        stats = supervisor.statistics()
+        assert (stats.cleanups, stats.memory_released) == (2, 6 * 2**20)
+
+
 class ExplodingVoice(FakeVoice):
     def send_frame(self, opus: bytes) -> None:
         if len(self.frames) == 10:

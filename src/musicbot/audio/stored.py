@@ -87,7 +87,8 @@ class StoreBackedSource:
                     stream = self._store.open_stored(song)
                     async with stream as packets:
                         self._from_store += 1
-                        await self._store.mark_played(key)
+                        # Bookkeeping for eviction: not worth delaying the first frame for.
+                        self._copies.start_soon(self._mark_played, key)
                         yield _Guarded(packets, self._store, self._copies)
                     return
                 except StoredSongError as damaged:
@@ -117,6 +118,12 @@ class StoreBackedSource:
                 yield tee
                 if tee.complete:
                     copy_tx.send_nowait(None)
+
+    async def _mark_played(self, key: str) -> None:
+        try:
+            await self._store.mark_played(key)
+        except Exception:  # the index's trouble is the store's to report; the song plays on
+            log.warning("could not record a play of %s in the store's index", key, exc_info=True)
 
     async def _keep(
         self, key: str, track: Track, packets: trio.MemoryReceiveChannel[bytes | None]

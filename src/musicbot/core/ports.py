@@ -68,6 +68,30 @@ class Warmer(Protocol):
         ...
 
 
+class Heap(Protocol):
+    """The process's memory, kept in shape for a run of months (musicbot.memory has the real
+    one; the default does nothing)."""
+
+    def settle(self) -> None:
+        """A voice connection was just made: what it holds lives as long as it does."""
+        ...
+
+    def sweep(self) -> int:
+        """At each idle sweep: collect what died since the last one and give free memory back
+        to the operating system; returns the bytes given back."""
+        ...
+
+
+class NoHeap:
+    """A Heap that leaves memory to Python as it is."""
+
+    def settle(self) -> None:
+        pass
+
+    def sweep(self) -> int:
+        return 0
+
+
 class Resolver(Protocol):
     """Turns what a user typed into tracks."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -48,6 +48,8 @@ from musicbot.core.player import GuildPlayer, PlayerLimits, PlayerStatistics
 from musicbot.core.ports import (
     EventSink,
     FrameSource,
+    Heap,
+    NoHeap,
     ResolveError,
     Resolver,
     VoiceConnectError,
@@ -58,6 +60,8 @@ from musicbot.core.ports import (
 from musicbot.core.services import open_service_nursery
 
 log = logging.getLogger(__name__)
+
+NO_HEAP = NoHeap()
 
 PLAYER_INBOX_SIZE = 16
 
@@ -144,6 +148,8 @@ class CleanupReport:
     reaped: tuple[ReapedPlayer, ...]
     cache_expired: int
     duration: float
+    memory_released: int = 0
+    """Bytes of free heap the sweep gave back to the operating system."""
 
 
 @attrs.frozen
@@ -158,6 +164,8 @@ class SupervisorStatistics:
     crashes: int
     cleanups: int
     last_cleanup: CleanupReport | None
+    memory_released: int
+    """Bytes of free heap the sweeps gave back to the operating system, all told."""
     uptime: float
     cache: CacheStatistics
     frames_sent: int
@@ -174,6 +182,7 @@ class _Child:
     player: GuildPlayer
     handle: PlayerHandle
     inbox: InboxReceiver
+    on_ready: Callable[[], object]
     lifetime: trio.CancelScope = attrs.Factory(trio.CancelScope)
     ready: trio.Event = attrs.Factory(trio.Event)
     finished: trio.Event = attrs.Factory(trio.Event)
@@ -195,6 +204,7 @@ class _Child:
     def started(self, value: object = None) -> None:
         """The child's `task_status`: the player connected and is serving its inbox."""
         self.ready.set()
+        self.on_ready()
 
 
 # --- the supervisor's own messages -----------------------------------------------------------
@@ -236,6 +246,7 @@ class ResourceSupervisor:
         on_event: EventSink,
         player_limits: PlayerLimits,
         warmer: Warmer | None = None,
+        heap: Heap = NO_HEAP,
     ) -> None:
         self._players = nursery
         self._inbox = inbox
@@ -253,6 +264,7 @@ class ResourceSupervisor:
         self._on_event = on_event
         self._player_limits = player_limits
         self._warmer = warmer
+        self._heap = heap
         self._children: dict[int, _Child] = {}
         self._accepting = True
         self._started_at = trio.current_time()
@@ -260,6 +272,7 @@ class ResourceSupervisor:
         self._reaped = self._crashes = self._cleanups = 0
         self._frames_sent_by_departed = self._frames_late_by_departed = 0
         self._last_cleanup: CleanupReport | None = None
+        self._memory_released = 0
 
     # --- the Trio-flavoured face -------------------------------------------------------------
 
@@ -361,14 +374,18 @@ class ResourceSupervisor:
         expired = self.cache.purge_expired()
         for child, _ in reaped:
             await child.finished.wait()
+        # Last, when the reaped players' buffers are free too.
+        released = self._heap.sweep()
         report = CleanupReport(
             at=started,
             reaped=tuple(entry for _, entry in reaped),
             cache_expired=expired,
             duration=trio.current_time() - started,
+            memory_released=released,
         )
         self._reaped += len(reaped)
         self._cleanups += 1
+        self._memory_released += released
         self._last_cleanup = report
         if reaped:
             log.info(
@@ -395,6 +412,7 @@ class ResourceSupervisor:
             crashes=self._crashes,
             cleanups=self._cleanups,
             last_cleanup=self._last_cleanup,
+            memory_released=self._memory_released,
             uptime=trio.current_time() - self._started_at,
             cache=self.cache.statistics(),
             frames_sent=self._frames_sent_by_departed + sum(p.frames_sent for p in players),
@@ -444,7 +462,9 @@ class ResourceSupervisor:
             warmer=self._warmer,
             clock=self.frame_clock,
         )
-        child = _Child(player, PlayerHandle(body.guild_id, inbox_tx), inbox_rx)
+        child = _Child(
+            player, PlayerHandle(body.guild_id, inbox_tx), inbox_rx, on_ready=self._heap.settle
+        )
         self._children[body.guild_id] = child
         self._spawns += 1
         self._players.start_soon(self._run_child, child, name=f"GuildPlayer({body.guild_id})")
@@ -500,6 +520,7 @@ async def open_supervisor(
     on_event: EventSink | None = None,
     player_limits: PlayerLimits = PlayerLimits(),
     warmer: Warmer | None = None,
+    heap: Heap = NO_HEAP,
 ) -> AsyncIterator[ResourceSupervisor]:
     """Run a ResourceSupervisor for the body of the `async with`.
 
@@ -527,6 +548,7 @@ async def open_supervisor(
             on_event=on_event if on_event is not None else ignore_event,
             player_limits=player_limits,
             warmer=warmer,
+            heap=heap,
         )
         players.start_soon(supervisor.frame_clock.run, name="frame clock")
         players.start_soon(supervisor.run, inbox_rx, name="ResourceSupervisor")

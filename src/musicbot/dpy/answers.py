@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 
 import discord
 from discord import app_commands
@@ -54,3 +56,19 @@ async def answering(interaction: discord.Interaction, work: Awaitable[None], wha
         await work
     except Exception as error:
         await answer_privately(interaction, explain(error, what))
+
+
+@asynccontextmanager
+async def thinking(interaction: discord.Interaction) -> AsyncIterator[None]:
+    """Show "thinking..." while the body works, without waiting for Discord to confirm it.
+
+    The deferral is one HTTP round trip to Discord (tens of milliseconds or more); a /play
+    whose song is stored needs less than that to start the audio, so it starts the audio
+    first. Leaving the block waits for the deferral, so answers (follow-ups) and refusals
+    always come after it.
+    """
+    deferral = asyncio.ensure_future(interaction.response.defer(thinking=True))
+    try:
+        yield
+    finally:
+        await deferral

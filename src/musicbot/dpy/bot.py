@@ -26,6 +26,7 @@ from musicbot.dpy.bridge import (
     asyncio_errors_logged,
     call_asyncio_from_trio,
     call_trio_from_asyncio,
+    cancelled_timers_purged,
 )
 from musicbot.dpy.voice import DiscordVoices
 
@@ -184,7 +185,7 @@ async def open_bot(
     if voices is not None:
         # Before login: an interaction can arrive before READY (one queued while we were away).
         voices.client = bot
-    with pointed_at(settings), asyncio_errors_logged():
+    with pointed_at(settings), asyncio_errors_logged(), cancelled_timers_purged():
         async with _running(bot, settings.token, announcer):
             yield bot
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -64,3 +65,38 @@ def _log_report(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> Non
         context.get("message") or "no message",
         exc_info=error if isinstance(error, BaseException) else None,
     )
+
+
+PURGE_AT_LEAST = 100
+"""Cancelled timers before a purge is considered (asyncio's own threshold)."""
+
+
+@contextmanager
+def cancelled_timers_purged() -> Iterator[None]:
+    """Drop cancelled asyncio timers from the loop's heap once they are most of it.
+
+    asyncio does this itself; trio-asyncio keeps a cancelled timer until its deadline. Every
+    aiohttp request and gateway read arms a timeout of a minute or more and cancels it when the
+    answer comes, so a busy bot kept tens of thousands of dead timers (megabytes) that the soak
+    counted as growth.
+    """
+    loop = trio_asyncio.current_loop.get()
+    if loop is None:
+        raise RuntimeError("cancelled_timers_purged() needs a running trio-asyncio loop")
+    timers: list[asyncio.TimerHandle] = loop._timers
+    cancelled = 0
+
+    def purge_if_mostly_cancelled(handle: asyncio.TimerHandle) -> None:
+        nonlocal cancelled
+        # Counted even if already run or not yet in the heap: at worst a purge comes early.
+        cancelled += 1
+        if cancelled >= PURGE_AT_LEAST and cancelled * 2 > len(timers):
+            timers[:] = [timer for timer in timers if not timer.cancelled()]
+            heapq.heapify(timers)
+            cancelled = 0
+
+    loop._timer_handle_cancelled = purge_if_mostly_cancelled
+    try:
+        yield
+    finally:
+        del loop._timer_handle_cancelled

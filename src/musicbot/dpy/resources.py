@@ -40,14 +40,17 @@ def _known(value: object) -> str:
 
 
 def describe_cleanup(report: CleanupReport) -> str:
-    """`reaped 1 [123 (idle 1h 02m)], expired 3 cache entries, took 0.4 ms`"""
+    """`reaped 1 [123 (idle 1h 02m)], expired 3 cache entries, gave back 12.0 MiB of free
+    memory, took 0.4 ms`"""
     reaped = ", ".join(
         f"{r.guild_id} ({r.reason.value} {_duration(r.seconds)})" for r in report.reaped
     )
     return (
         f"reaped {len(report.reaped)}"
         + (f" [{reaped}]" if reaped else "")
-        + f", expired {report.cache_expired} cache entries, took {report.duration * 1000:.1f} ms"
+        + f", expired {report.cache_expired} cache entries"
+        + f", gave back {_mib(report.memory_released)} of free memory"
+        + f", took {report.duration * 1000:.1f} ms"
     )
 
 

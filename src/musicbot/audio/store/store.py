@@ -222,21 +222,24 @@ class ProcessedSongStore:
         if key in self._writing or key in self._doomed:
             self._misses += 1
             return None
-        song = await self._db(self._live_index.get, key)
+        # One trip to a worker thread for both: each costs a /play from the store 0.1-0.3 ms.
+        song, size = await self._db(self._entry_and_size, key)
         if song is not None and key in self._suspect:
             await self._drop(key, only=song, reason="a reader found it damaged")
             song = None
-        if song is not None:
-            size = await trio.to_thread.run_sync(_size_of, song.path, limiter=self._io_limiter)
-            if size != song.size:
-                found = "missing" if size is None else f"{size} bytes, not {song.size}"
-                await self._drop(key, only=song, reason=f"its file is {found}", corrupt=True)
-                song = None
+        if song is not None and size != song.size:
+            found = "missing" if size is None else f"{size} bytes, not {song.size}"
+            await self._drop(key, only=song, reason=f"its file is {found}", corrupt=True)
+            song = None
         if song is None:
             self._misses += 1
         else:
             self._hits += 1
         return song
+
+    def _entry_and_size(self, key: str) -> tuple[StoredSong | None, int | None]:
+        song = self._live_index.get(key)
+        return song, None if song is None else _size_of(song.path)
 
     async def songs(self) -> list[StoredSong]:
         """Every stored song, least recently played first."""

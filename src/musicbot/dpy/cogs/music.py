@@ -16,6 +16,7 @@ from musicbot.core.mailbox import ActorGone
 from musicbot.core.messages import LoopMode
 from musicbot.core.ports import ResolveError, SourceError, VoiceConnectError
 from musicbot.core.supervisor import PlayerHandle, SpawnRefused
+from musicbot.dpy.answers import thinking
 from musicbot.dpy.bridge import call_trio_from_asyncio
 from musicbot.dpy.checks import CommandRefused, require_same_channel, target_channel
 from musicbot.dpy.controls import player_controls, queue_controls
@@ -98,26 +99,26 @@ class Music(commands.Cog):
     @app_commands.command(description="Join your voice channel.")
     async def join(self, interaction: discord.Interaction) -> None:
         channel = target_channel(interaction)
-        await interaction.response.defer(thinking=True)
-        await self._spawn(interaction, channel.id)
+        async with thinking(interaction):
+            await self._spawn(interaction, channel.id)
         await interaction.followup.send(f"Joined {channel.mention}.")
 
     @app_commands.command(description="Play a song (a link or a search), or add it to the queue.")
     @app_commands.describe(query="A link, or words to search for")
     async def play(self, interaction: discord.Interaction, query: str) -> None:
         channel = target_channel(interaction)
-        await interaction.response.defer(thinking=True)
-        try:
-            resolved = await call_trio_from_asyncio(self.supervisor.resolve, query)
-        except ResolveError as exc:
-            raise CommandRefused(f"I could not play that: {_sentence(str(exc))}") from None
-        player = await self._spawn(interaction, channel.id)
-        requester = interaction.user.display_name
-        tracks = tuple(attrs.evolve(track, requester=requester) for track in resolved.tracks)
-        try:
-            enqueued = await self._ask(player.enqueue, *tracks, wait_for_start=True)
-        except SourceError as exc:
-            raise CommandRefused(f"I could not play that: {_sentence(str(exc))}") from None
+        async with thinking(interaction):
+            try:
+                resolved = await call_trio_from_asyncio(self.supervisor.resolve, query)
+            except ResolveError as exc:
+                raise CommandRefused(f"I could not play that: {_sentence(str(exc))}") from None
+            player = await self._spawn(interaction, channel.id)
+            requester = interaction.user.display_name
+            tracks = tuple(attrs.evolve(track, requester=requester) for track in resolved.tracks)
+            try:
+                enqueued = await self._ask(player.enqueue, *tracks, wait_for_start=True)
+            except SourceError as exc:
+                raise CommandRefused(f"I could not play that: {_sentence(str(exc))}") from None
         embed = enqueued_embed(tracks, enqueued, resolved.left_out)
         if enqueued.position == 0:
             await interaction.followup.send(embed=embed, view=player_controls())
@@ -152,8 +153,8 @@ class Music(commands.Cog):
         assert interaction.guild_id is not None
         if self.supervisor.find_player(interaction.guild_id) is None:
             raise CommandRefused("I am not playing here.")
-        await interaction.response.defer(thinking=True)
-        await call_trio_from_asyncio(self.supervisor.leave, interaction.guild_id)
+        async with thinking(interaction):
+            await call_trio_from_asyncio(self.supervisor.leave, interaction.guild_id)
         await interaction.followup.send(f"Left {channel.mention}.")
 
     # --- controls ----------------------------------------------------------------------------
