@@ -58,6 +58,13 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python=_first_available_python())
+def docs(session: nox.Session) -> None:
+    """The documentation site (MkDocs) from docs/, into site/; any warning fails it."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session(python=_first_available_python())
 def demo(session: nox.Session) -> None:
     """The offline demo against the loopback Discord (`-- --json`, `-- --scenario FILE`)."""
     session.install("-e", ".[loopback]")
