@@ -1,9 +1,10 @@
+import json
 from pathlib import Path
 
 import pytest
 
 from musicbot.cli import main
-from musicbot.config import ConfigError, Settings, load_settings
+from musicbot.config import ConfigError, Settings, load_settings, parse_shard_ids
 
 
 def test_defaults_are_the_original_spec_and_real_discord() -> None:
@@ -118,3 +119,39 @@ def test_check_config_prints_effective_settings_with_the_token_masked(
 def test_shards_from_the_environment() -> None:
     settings = load_settings(environ={"MUSICBOT_SHARD_COUNT": "4", "MUSICBOT_SHARD_IDS": "2,3"})
     assert (settings.shard_count, settings.shard_ids) == (4, (2, 3))
+
+
+@pytest.mark.parametrize(
+    ("text", "shards"),
+    [("0-3", (0, 1, 2, 3)), ("4", (4,)), ("0,2,5-7", (0, 2, 5, 6, 7)), (" 1 , 3-3 ", (1, 3))],
+)
+def test_shard_ids_take_numbers_and_ranges(text: str, shards: tuple[int, ...]) -> None:
+    assert parse_shard_ids(text) == shards
+    environ = {"MUSICBOT_SHARD_COUNT": "8", "MUSICBOT_SHARD_IDS": text}
+    assert load_settings(environ=environ).shard_ids == shards
+
+
+@pytest.mark.parametrize("text", ["0-x", "3-1", "1,1", "0-2,2", "-1", "a"])
+def test_shard_ids_that_make_no_sense_are_refused_plainly(text: str) -> None:
+    with pytest.raises(ConfigError, match="must be shard numbers and ranges, like 0-3"):
+        load_settings(environ={"MUSICBOT_SHARD_COUNT": "8", "MUSICBOT_SHARD_IDS": text})
+
+
+def test_the_command_line_shard_options_override_the_file_and_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "musicbot.toml"
+    config.write_text("shard_count = 2\nshard_ids = [1]\n")
+    monkeypatch.setenv("MUSICBOT_SHARD_COUNT", "3")
+    argv = ["check-config", "--config", str(config), "--shard-count", "8", "--shard-ids", "4-7"]
+    assert main(argv) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["shard_count"], shown["shard_ids"]) == (8, [4, 5, 6, 7])
+
+
+def test_a_bad_shard_option_is_one_line_and_exit_status_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "--shard-count", "2", "--shard-ids", "0-2"]) == 2
+    error = capsys.readouterr().err
+    assert error == "musicbot: shard_ids must be between 0 and 1 (shard_count is 2), not 2\n"

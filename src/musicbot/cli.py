@@ -7,7 +7,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from musicbot.config import TOKEN_ENV, ConfigError, StartupError, load_settings
 
@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the bot against Discord")
     run.add_argument("--config", metavar="FILE", help="a TOML settings file")
+    _add_shard_options(run)
 
     demo = commands.add_parser(
         "demo", help="run the bot offline against the loopback Discord with simulated users"
@@ -33,11 +34,32 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate settings and print them")
     check.add_argument("--config", metavar="FILE", help="a TOML settings file")
+    _add_shard_options(check)
 
     from musicbot.cache_cli import add_cache_commands
 
     add_cache_commands(commands)
     return parser
+
+
+def _add_shard_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--shard-count",
+        metavar="N",
+        help="gateway shards across all of the bot's processes (default: Discord's advice)",
+    )
+    command.add_argument(
+        "--shard-ids",
+        metavar="IDS",
+        help="the shards this process runs, e.g. 0-3 or 0,2,5-7 (default: all of them)",
+    )
+
+
+def _shard_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The command line's shard options, as settings' raw values: they override the config
+    file and the environment, and are checked the same way."""
+    given = {"shard_count": args.shard_count, "shard_ids": args.shard_ids}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _fail(message: str, status: int = EXIT_USAGE) -> int:
@@ -53,8 +75,8 @@ def _configure_logging(level: str) -> None:
     )
 
 
-def run_command(config: str | None) -> int:
-    settings = load_settings(config)
+def run_command(config: str | None, overrides: Mapping[str, str] | None = None) -> int:
+    settings = load_settings(config, command_line=overrides)
     if not settings.token:
         return _fail(
             f"no bot token: set {TOKEN_ENV}=<token> in the environment "
@@ -87,8 +109,8 @@ def _startup_error(exc: BaseException) -> StartupError | None:
     return None
 
 
-def check_config_command(config: str | None) -> int:
-    settings = load_settings(config)
+def check_config_command(config: str | None, overrides: Mapping[str, str] | None = None) -> int:
+    settings = load_settings(config, command_line=overrides)
     print(json.dumps(settings.masked(), indent=2, default=list, ensure_ascii=False))
     if not settings.token:
         print(f"note: no token set; `musicbot run` needs {TOKEN_ENV}", file=sys.stderr)
@@ -99,9 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return run_command(args.config)
+            return run_command(args.config, _shard_overrides(args))
         if args.command == "check-config":
-            return check_config_command(args.config)
+            return check_config_command(args.config, _shard_overrides(args))
         if args.command == "cache":
             from musicbot.cache_cli import cache_command
 

@@ -173,6 +173,8 @@ def _convert(name: str, raw: Any, kind: Any, where: str) -> Any:
             return None
         return _convert(name, raw, options[0], where)
     try:
+        if name == "shard_ids" and isinstance(raw, str):
+            return parse_shard_ids(raw)
         if origin is tuple:
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             (item_kind, _) = typing.get_args(kind)
@@ -187,7 +189,28 @@ def _convert(name: str, raw: Any, kind: Any, where: str) -> Any:
             raise ValueError
         return kind(raw)
     except (ValueError, TypeError, KeyError):
-        raise ConfigError(f"{name} in {where} must be {_describe(kind)}, not {raw!r}") from None
+        what = SHARD_IDS_FORM if name == "shard_ids" else _describe(kind)
+        raise ConfigError(f"{name} in {where} must be {what}, not {raw!r}") from None
+
+
+SHARD_IDS_FORM = "shard numbers and ranges, like 0-3 or 0,2,5-7"
+
+
+def parse_shard_ids(text: str) -> tuple[int, ...]:
+    """`0-3`, `0,2,5-7` or `4`: shard numbers and inclusive ranges; ValueError if not."""
+    shards: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        low = int(first)
+        high = int(last) if dash else low
+        if high < low:
+            raise ValueError(f"{part!r} is a range backwards")
+        shards.extend(range(low, high + 1))
+    if len(set(shards)) != len(shards):
+        raise ValueError("a shard is named twice")
+    return tuple(shards)
 
 
 def _describe(kind: Any) -> str:
@@ -203,9 +226,12 @@ def load_settings(
     path: str | os.PathLike[str] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    command_line: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Settings from `path` (TOML, optional), then the environment, then `overrides`."""
+    """Settings from `path` (TOML, optional), then the environment, then `command_line` (text
+    values, as the command line gives them: converted and checked like the environment's), then
+    `overrides`."""
     environ = os.environ if environ is None else environ
     kinds = _field_types()
     values: dict[str, Any] = {}
@@ -230,5 +256,7 @@ def load_settings(
             values[name] = _convert(name, raw, kind, ENV_PREFIX + name.upper())
     if environ.get(TOKEN_ENV):
         values["token"] = environ[TOKEN_ENV]
+    for name, text in (command_line or {}).items():
+        values[name] = _convert(name, text, kinds[name], "the command line")
     values.update(overrides)
     return Settings(**values)
