@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -21,7 +22,7 @@ import trio_asyncio
 
 from musicbot.audio.command import FfmpegSettings
 from musicbot.audio.ffmpeg import FfmpegSource
-from musicbot.audio.store import ProcessedSongStore, StoreLocked, open_store
+from musicbot.audio.store import IndexVersionError, ProcessedSongStore, StoreLocked, open_store
 from musicbot.audio.stored import StoreBackedSource, open_store_backed_source
 from musicbot.config import Settings, StartupError
 from musicbot.core.cache import LRUCache
@@ -138,7 +139,8 @@ async def open_metrics(
 
 @asynccontextmanager
 async def open_song_store(settings: Settings) -> AsyncIterator[ProcessedSongStore]:
-    """The processed-song store in `cache_dir`, reconciled with its files."""
+    """The processed-song store in `cache_dir`, reconciled with its files. A damaged index is
+    rebuilt from the song files (the store does it); what cannot be opened is one line."""
     store = open_store(
         settings.cache_dir,
         max_bytes=settings.store_max_bytes,
@@ -151,6 +153,14 @@ async def open_song_store(settings: Settings) -> AsyncIterator[ProcessedSongStor
             raise StartupError(
                 f"another musicbot is using the cache directory {settings.cache_dir}; "
                 "give each process its own cache_dir"
+            ) from None
+        except IndexVersionError as exc:
+            raise StartupError(
+                f"{exc}: run that musicbot, or give this one another cache_dir"
+            ) from None
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(
+                f"cannot open the song store in {settings.cache_dir}: {exc}"
             ) from None
         if settings.store_verify_on_start:
             await verify_most_played(opened, settings.store_verify_on_start)

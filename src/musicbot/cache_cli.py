@@ -80,12 +80,18 @@ async def _list(store: ProcessedSongStore) -> int:
 
 
 async def _verify(store: ProcessedSongStore) -> int:
+    rebuilt = store.rebuilt  # opening the store rebuilt a damaged index
+    if rebuilt is not None:
+        print(
+            f"the index was damaged: rebuilt from the song files ({rebuilt.songs} kept,"
+            f" {rebuilt.unreadable} unreadable deleted); the damaged one is {rebuilt.damaged_copy}"
+        )
     report = await store.verify_all()
     for key in report.corrupt:
         await store.drop(key)
         print(f"damaged, dropped: {key}")
     print(f"{report.checked} checked, {len(report.corrupt)} damaged")
-    return 1 if report.corrupt else 0
+    return 1 if report.corrupt or rebuilt is not None else 0
 
 
 async def _clear(store: ProcessedSongStore) -> int:

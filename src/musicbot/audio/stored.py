@@ -8,7 +8,9 @@
   priority than playback, a few at a time for the whole bot.
 
 The store writes happen in background tasks of this source's own nursery, so the frame path
-only hands each packet over (one memory-channel send) and never waits on the disk.
+only hands each packet over (one memory-channel send) and never waits on the disk. Nor on the
+index: play counts are recorded in the background too, and the store answers a miss (the song
+plays from the network) when its index cannot be read.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class StoreBackedSource:
                     async with stream as packets:
                         self._from_store += 1
                         # Bookkeeping for eviction: not worth delaying the first frame for.
-                        self._copies.start_soon(self._mark_played, key)
+                        self._copies.start_soon(self._store.mark_played, key)
                         yield _Guarded(packets, self._store, self._copies)
                     return
                 except StoredSongError as damaged:
@@ -99,7 +101,7 @@ class StoreBackedSource:
                 local = attrs.evolve(track, url=str(song.path))
                 async with self._ffmpeg.open(local, start=start, volume=volume) as frames:
                     self._from_store_file += 1
-                    await self._store.mark_played(key)
+                    self._copies.start_soon(self._store.mark_played, key)
                     yield frames
                 return
         async with self._ffmpeg.open(track, start=start, volume=volume) as frames:
@@ -118,12 +120,6 @@ class StoreBackedSource:
                 yield tee
                 if tee.complete:
                     copy_tx.send_nowait(None)
-
-    async def _mark_played(self, key: str) -> None:
-        try:
-            await self._store.mark_played(key)
-        except Exception:  # the index's trouble is the store's to report; the song plays on
-            log.warning("could not record a play of %s in the store's index", key, exc_info=True)
 
     async def _keep(
         self, key: str, track: Track, packets: trio.MemoryReceiveChannel[bytes | None]

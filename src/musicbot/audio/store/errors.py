@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from musicbot.core.ports import SourceError
 
 
@@ -25,3 +27,11 @@ class StoreLocked(RuntimeError):
 
 class IndexVersionError(RuntimeError):
     """The index was written by a newer musicbot, with a schema this one does not know."""
+
+
+class IndexDamaged(sqlite3.DatabaseError):
+    """The SQLite index cannot be read: it is not a database, or SQLite found it malformed.
+
+    The store rebuilds it from the song files (their tags name each song's key and title). A
+    sqlite3.DatabaseError, so whatever copes with a failing index copes with this too.
+    """

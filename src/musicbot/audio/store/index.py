@@ -1,8 +1,13 @@
 """SongIndex: the SQLite index of stored songs, and the resolved-metadata cache.
 
-Synchronous and blocking: the store calls it from worker threads (`trio.to_thread.run_sync`,
-one at a time through a CapacityLimiter of 1). One connection, opened with
-`check_same_thread=False` and guarded by a lock, so any worker thread may use it.
+Synchronous and blocking: the store calls it from worker threads (`trio.to_thread.run_sync`).
+Two connections, each opened with `check_same_thread=False` and guarded by a lock of its own:
+one writes, one reads. In WAL mode a reader never waits for a writer, so while a write waits
+for a lock another process holds (an operator's `sqlite3` shell, a backup), lookups go on.
+A write waits at most `WRITE_TIMEOUT` for such a lock, then fails with "database is locked".
+
+`SongIndex.open` raises `IndexDamaged` when the file is not a database or fails SQLite's
+`quick_check`; `is_damaged(error)` tells such errors apart later (the store rebuilds the index).
 
 The database is in WAL mode with `synchronous=NORMAL`: a commit does not wait for fsync, so a
 power cut may lose the last few transactions but never corrupts the file; the store's startup
@@ -19,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from musicbot.audio.store.errors import IndexVersionError
+from musicbot.audio.store.errors import IndexDamaged, IndexVersionError
 from musicbot.audio.store.values import StoredSong
 
 Migration = Callable[[sqlite3.Connection], None]
@@ -64,13 +69,37 @@ _SONG_COLUMNS = (
 )
 
 
+WRITE_TIMEOUT = 0.5
+"""Seconds a write waits for a lock held by another process before it fails ("database is
+locked"). Nothing in the bot holds the write lock for long, so only an outsider waits this."""
+
+READ_TIMEOUT = 0.5
+"""Seconds a read waits when another process checkpoints or recovers the WAL (rare)."""
+
+_DAMAGED_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def is_damaged(error: BaseException) -> bool:
+    """Whether `error` says the index file is damaged (not a locked or a full disk)."""
+    if isinstance(error, IndexDamaged):
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    if not isinstance(error, sqlite3.DatabaseError) or code is None:
+        return False
+    return code & 0xFF in _DAMAGED_CODES  # the primary code, without the extended bits
+
+
 class SongIndex:
     """The index of one store directory; `SongIndex.open(path, songs_dir)`."""
 
-    def __init__(self, db: sqlite3.Connection, songs_dir: Path) -> None:
-        self._db = db
+    def __init__(
+        self, writer: sqlite3.Connection, reader: sqlite3.Connection, songs_dir: Path
+    ) -> None:
+        self._db = writer
+        self._reader = reader
         self._songs_dir = songs_dir
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -80,20 +109,33 @@ class SongIndex:
         *,
         migrations: dict[int, Migration] | None = None,
     ) -> SongIndex:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        """Open (creating it if needed) and migrate the index at `path`.
+
+        IndexDamaged if it is not a database or fails `PRAGMA quick_check`; IndexVersionError
+        if it is newer than every migration known here; sqlite3.Error for anything else.
+        """
+        connections: list[sqlite3.Connection] = []
         try:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            writer = _connect(path, WRITE_TIMEOUT, connections)
+            mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise sqlite3.OperationalError(f"cannot put {path} in WAL mode (got {mode!r})")
-            db.execute("PRAGMA synchronous=NORMAL")
-            migrate(db, MIGRATIONS if migrations is None else migrations)
-        except BaseException:
-            db.close()
+            writer.execute("PRAGMA synchronous=NORMAL")
+            _check_intact(writer, path)
+            migrate(writer, MIGRATIONS if migrations is None else migrations)
+            reader = _connect(path, READ_TIMEOUT, connections)
+            reader.execute("PRAGMA query_only=ON")
+        except BaseException as exc:
+            for db in connections:
+                db.close()
+            if is_damaged(exc) and not isinstance(exc, IndexDamaged):
+                raise IndexDamaged(f"{path}: {exc}") from exc
             raise
-        return cls(db, songs_dir)
+        return cls(writer, reader, songs_dir)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._db.close()
 
     @contextmanager
@@ -107,40 +149,50 @@ class SongIndex:
                 raise
             self._db.execute("COMMIT")
 
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._read_lock:
+            yield self._reader
+
     # --- songs ---------------------------------------------------------------------------------
 
     def get(self, key: str) -> StoredSong | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_SONG_COLUMNS} FROM songs WHERE key = ?", (key,)
-            ).fetchone()
+        with self._reading() as db:
+            row = db.execute(f"SELECT {_SONG_COLUMNS} FROM songs WHERE key = ?", (key,)).fetchone()
         return None if row is None else self._song(row)
 
-    def put(self, song: StoredSong) -> None:
-        """Insert `song`, or replace the row with its key."""
+    def put(self, *songs: StoredSong) -> None:
+        """Insert each song, or replace the row with its key (one transaction)."""
         with self._transaction() as db:
-            db.execute(
+            db.executemany(
                 f"INSERT OR REPLACE INTO songs ({_SONG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    song.key,
-                    song.path.name,
-                    song.title,
-                    song.duration,
-                    song.size,
-                    song.packets,
-                    song.created,
-                    song.last_played,
-                    song.play_count,
-                    song.checksum,
-                ),
+                [
+                    (
+                        song.key,
+                        song.path.name,
+                        song.title,
+                        song.duration,
+                        song.size,
+                        song.packets,
+                        song.created,
+                        song.last_played,
+                        song.play_count,
+                        song.checksum,
+                    )
+                    for song in songs
+                ],
             )
 
-    def delete(self, key: str) -> StoredSong | None:
-        """Delete the row of `key`; return it (None if there was none)."""
+    def delete(self, key: str, *, only: StoredSong | None = None) -> StoredSong | None:
+        """Delete the row of `key` (only if it is still `only`, when given); return it (None if
+        nothing was deleted)."""
         with self._transaction() as db:
             row = db.execute(f"SELECT {_SONG_COLUMNS} FROM songs WHERE key = ?", (key,)).fetchone()
+            song = None if row is None else self._song(row)
+            if song is None or (only is not None and song != only):
+                return None
             db.execute("DELETE FROM songs WHERE key = ?", (key,))
-        return None if row is None else self._song(row)
+        return song
 
     def mark_played(self, key: str, now: float) -> bool:
         """One more play of `key`, at `now`; False if there is no such row."""
@@ -153,16 +205,16 @@ class SongIndex:
 
     def songs(self) -> list[StoredSong]:
         """Every row, least recently played first: the eviction order."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT {_SONG_COLUMNS} FROM songs ORDER BY last_played, created, key"
             ).fetchall()
         return [self._song(row) for row in rows]
 
     def totals(self) -> tuple[int, int]:
         """(entries, bytes) of all rows."""
-        with self._lock:
-            entries, size = self._db.execute(
+        with self._reading() as db:
+            entries, size = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM songs"
             ).fetchone()
         return int(entries), int(size)
@@ -192,16 +244,16 @@ class SongIndex:
             )
 
     def get_resolved(self, query: str) -> tuple[str, float] | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT data, stored_at FROM resolved WHERE query = ?", (query,)
             ).fetchone()
         return None if row is None else (str(row[0]), float(row[1]))
 
     def all_resolved(self, since: float) -> list[tuple[str, str, float]]:
         """(query, data, stored_at) of the entries stored at `since` or later, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT query, data, stored_at FROM resolved WHERE stored_at >= ?"
                 " ORDER BY stored_at, query",
                 (since,),
@@ -213,6 +265,19 @@ class SongIndex:
         with self._transaction() as db:
             cursor = db.execute("DELETE FROM resolved WHERE stored_at < ?", (before,))
         return cursor.rowcount
+
+
+def _connect(path: Path, timeout: float, opened: list[sqlite3.Connection]) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
+    opened.append(db)
+    return db
+
+
+def _check_intact(db: sqlite3.Connection, path: Path) -> None:
+    """IndexDamaged unless SQLite's quick_check passes (milliseconds for thousands of songs)."""
+    problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)").fetchall()]
+    if problems != ["ok"]:
+        raise IndexDamaged(f"{path} fails SQLite's quick_check: {'; '.join(problems)}")
 
 
 def schema_version(db: sqlite3.Connection) -> int:

@@ -164,3 +164,62 @@ def check_file(path: Path, *, chunk_size: int = CHUNK_SIZE) -> FileCheck:
     if head is None:
         raise OggError("no OpusHead: not an Ogg Opus stream")
     return FileCheck(size, packets, demuxer.samples, head.pre_skip, digest.hexdigest())
+
+
+_LENGTH = struct.Struct("<I")
+MAX_HEADER_BYTES = 1 << 20
+"""How far into a file its OpusHead and OpusTags may reach (ours take a page or two)."""
+
+
+def read_comments(path: Path) -> dict[str, str]:
+    """The comments of a stored file's OpusTags packet, by upper-cased name (`TITLE`,
+    `MUSICBOT_KEY`). OggError if the file does not start with checked OpusHead and OpusTags
+    pages, OSError if it cannot be read. Blocking: run it in a worker thread."""
+    checker = PageChecker()
+    headers: list[bytes] = []
+    partial = bytearray()
+    read = 0
+    with path.open("rb", buffering=0) as file:
+        while len(headers) < 2:
+            chunk = file.read(CHUNK_SIZE)
+            read += len(chunk)
+            if not chunk or read > MAX_HEADER_BYTES:
+                raise OggError("no OpusTags packet at the start of the file")
+            _collect_packets(checker.feed(chunk), headers, partial)
+    if not headers[0].startswith(b"OpusHead") or not headers[1].startswith(b"OpusTags"):
+        raise OggError("the file does not start with OpusHead and OpusTags")
+    return _comments(headers[1])
+
+
+def _collect_packets(pages: bytes, packets: list[bytes], partial: bytearray) -> None:
+    """Append the packets that `pages` (whole, checked pages) complete."""
+    offset = 0
+    while offset < len(pages):
+        segments = pages[offset + HEADER_SIZE - 1]
+        body = offset + HEADER_SIZE + segments
+        for size in pages[offset + HEADER_SIZE : body]:
+            partial += pages[body : body + size]
+            body += size
+            if size < 255:
+                packets.append(bytes(partial))
+                partial.clear()
+        offset = body
+
+
+def _comments(packet: bytes) -> dict[str, str]:
+    """RFC 7845's comment header: a vendor string, then `NAME=value` strings."""
+    try:
+        (vendor,) = _LENGTH.unpack_from(packet, 8)
+        position = 12 + vendor
+        (count,) = _LENGTH.unpack_from(packet, position)
+        position += 4
+        comments: dict[str, str] = {}
+        for _ in range(count):
+            (size,) = _LENGTH.unpack_from(packet, position)
+            text = packet[position + 4 : position + 4 + size].decode("utf-8")
+            position += 4 + size
+            name, _, value = text.partition("=")
+            comments[name.upper()] = value
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise OggError(f"a malformed OpusTags packet: {exc}") from None
+    return comments

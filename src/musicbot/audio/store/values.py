@@ -54,6 +54,13 @@ class StoreStatistics:
     """Writers open now."""
     reading: int
     """Stored songs being read now."""
+    index_errors: int = 0
+    """Index calls that failed (locked by another process, damaged, unreadable): the song
+    played on without that bookkeeping (a play count, a resolved query, a stored copy)."""
+    index_damaged: bool = False
+    """The index was found damaged and is not rebuilt yet: songs play from the network."""
+    index_rebuilds: int = 0
+    """Times the index was rebuilt from the song files (at open or while running)."""
 
 
 @attrs.frozen
@@ -66,6 +73,9 @@ class ReconcileReport:
     """Index rows whose file was missing or the wrong size, deleted (with the file)."""
     temporary_files: int
     """Files of writes that never committed (a crash mid-write), deleted."""
+    adopted_files: int = 0
+    """Whole song files without a row (a crash between rename and row, an index that lost
+    rows), read back in full and indexed again."""
 
 
 @attrs.frozen
@@ -82,3 +92,15 @@ class ResolvedEntry:
     query: str
     data: object
     stored_at: float
+
+
+@attrs.frozen
+class RebuildReport:
+    """What rebuilding a damaged index from the song files found."""
+
+    songs: int
+    """Files that passed every check and were indexed again."""
+    unreadable: int
+    """Files that failed a check or named no key of theirs: deleted."""
+    damaged_copy: Path | None
+    """Where the damaged index was moved, for whoever wants to look at it."""
