@@ -21,6 +21,7 @@ def test_a_quick_leave_confirmation_is_not_lost() -> None:
     async def leave() -> None:
         state._state = discord.voice_state.ConnectionFlowState.connected
         state._state_event = asyncio.Event()
+        state._state_watchers = set()
         state._connected = asyncio.Event()
         state._disconnected = asyncio.Event()
         state._expecting_disconnect = False
@@ -47,6 +48,7 @@ def test_a_quick_answer_to_a_join_is_not_dropped() -> None:
     async def join() -> None:
         state._state = flow.disconnected
         state._state_event = asyncio.Event()
+        state._state_watchers = set()
         state._connected = asyncio.Event()
 
         async def change_voice_state(**_: object) -> None:

@@ -43,7 +43,10 @@ def describe(event: PlayerEvent) -> dict[str, Any] | None:
                 "content": f"Left the voice channel: the music was paused for {_span(seconds)}."
             }
         case PlayerEnded(reason=EndReason.DISCONNECTED):
-            return {"content": "I was disconnected from the voice channel, so the music stopped."}
+            return {
+                "content": "I was disconnected from the voice channel, so the music stopped "
+                "and the queue was cleared; /play starts again."
+            }
         case PlayerEnded(reason=EndReason.CRASHED):
             return {
                 "content": "Something went wrong with playback here, so I left; "

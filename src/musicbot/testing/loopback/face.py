@@ -20,7 +20,7 @@ from aiohttp import web
 
 from musicbot.testing.loopback import payloads, permissions
 from musicbot.testing.loopback.audio import AudioReport, analyse
-from musicbot.testing.loopback.gateway import Gateway
+from musicbot.testing.loopback.gateway import GUILD_PRESENCES, Gateway
 from musicbot.testing.loopback.member import FakeMember
 from musicbot.testing.loopback.records import (
     AppCommand,
@@ -202,6 +202,7 @@ class FakeDiscord:
             udp_dropped=voice.udp_dropped,
             undecryptable=voice.undecryptable,
             mode=voice.mode,
+            refused=voice.refused,
         )
 
     async def wait_bot_voice(self, guild: int = 1, channel: str | None = "Music") -> VoiceStatus:
@@ -296,12 +297,17 @@ class Faults:
     def __init__(self, world: World) -> None:
         self._world = world
 
-    async def close_voice(self, guild: int = 1, code: int = 4015) -> None:
+    async def close_voice(
+        self, guild: int = 1, code: int = 4015, *, abnormal: bool = False
+    ) -> None:
         """Close the bot's voice websocket in `guild` with `code` (4015: "voice server crashed,
-        resume"; 4014: disconnected; 4006: session invalid; ...). Waits until it is closed."""
+        resume"; 4014: disconnected; 4006: session invalid; ...). `abnormal` drops the TCP
+        connection instead, with no close frame (the client sees 1006; `code` is unused).
+        Waits until it is closed."""
         state = self._world.state
         guild_id = state.guild(guild).id
-        connection = self._world.voice.close(guild_id, code)
+        voice = self._world.voice
+        connection = voice.abort(guild_id) if abnormal else voice.close(guild_id, code)
         if connection is None:
             raise RuntimeError(f"the bot has no voice websocket open in guild {guild}")
         await self._world.wait_for(
@@ -309,21 +315,30 @@ class Faults:
             what="the voice websocket to close",
         )
 
-    async def kick_from_voice(self, guild: int = 1) -> None:
+    async def kick_from_voice(self, guild: int = 1, *, close_first: bool = False) -> None:
         """Disconnect the bot from voice server-side, as a moderator would: VOICE_STATE_UPDATE with
-        no channel, then the voice websocket closed with 4014."""
+        no channel, then the voice websocket closed with 4014. `close_first`: the other order
+        (both happen on Discord), the close handled by the bot before the voice update."""
         state = self._world.state
         model = state.guild(guild)
         before = model.voice_states.pop(state.bot.id, None)
         if before is None:
             raise RuntimeError(f"the bot is not in voice in guild {guild}")
         state.bot_voice[model.id].token = None
+        voice = self._world.voice
+        if close_first:
+            closing = voice.close(model.id, 4014)
+            await self._world.wait_for(
+                lambda: voice.connections.get(model.id) is not closing,
+                what="the voice websocket to close",
+            )
         written = self._world.gateway.dispatch_guild(
             model.id,
             "VOICE_STATE_UPDATE",
             payloads.left_voice(model, state.bot.id, before.session_id),
         )
-        self._world.voice.close(model.id, 4014)
+        if not close_first:
+            voice.close(model.id, 4014)
         state.changes.notify()
         await self._world.written(written, what="the bot's kick from voice")
 
@@ -343,11 +358,37 @@ class Faults:
         state = self._world.state
         state.bot_voice[state.guild(guild).id].udp_drop_until = trio.current_time() + seconds
 
+    def refuse_voice(self, guild: int = 1, code: int | None = 4006) -> None:
+        """Close every voice IDENTIFY and RESUME of the bot in `guild` with `code` at once (a
+        voice server that will not take the session back); `code=None` lifts it."""
+        state = self._world.state
+        state.bot_voice[state.guild(guild).id].refuse_code = code
+
     def stall_voice_connect(self, guild: int = 1, stalled: bool = True) -> None:
         """While stalled, the bot's voice joins in `guild` get a VOICE_STATE_UPDATE but never a
         VOICE_SERVER_UPDATE, so `channel.connect()` never completes (it times out)."""
         state = self._world.state
         state.bot_voice[state.guild(guild).id].stall_connect = stalled
+
+    async def forget_guild(self, guild: int = 1) -> None:
+        """GUILD_DELETE for `guild`, as when the bot user is removed from it while the app's
+        commands stay installed there: members still run them, so the bot gets interactions
+        from a guild it has no state for. The fake's own model is unchanged (interaction
+        answers go through webhooks, which need no membership). `restore_guild` undoes it."""
+        model = self._world.state.guild(guild)
+        written = self._world.gateway.dispatch_guild(
+            model.id, "GUILD_DELETE", {"id": str(model.id)}
+        )
+        await self._world.written(written, what=f"GUILD_DELETE of guild {guild}")
+
+    async def restore_guild(self, guild: int = 1) -> None:
+        """GUILD_CREATE for `guild` again, as when the bot is added back."""
+        model = self._world.state.guild(guild)
+        session = self._world.gateway.session_for(model.id)
+        all_members = session is not None and bool(session.intents & GUILD_PRESENCES)
+        created = payloads.guild_create(model, all_members=all_members)
+        written = self._world.gateway.dispatch_guild(model.id, "GUILD_CREATE", created)
+        await self._world.written(written, what=f"GUILD_CREATE of guild {guild}")
 
 
 def _bits(names: Iterable[str]) -> int:
@@ -429,7 +470,9 @@ async def _serve(
     )
     await trio_asyncio.aio_as_trio(runner.setup)()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+        # Discord's edge takes a burst of connections; aiohttp's default backlog (128) dropped
+        # the SYNs of 200 /play answered at once, and each dropped one waited a 1 s retry.
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context, backlog=1024)
         await trio_asyncio.aio_as_trio(site.start)()
         yield int(runner.addresses[0][1])
     finally:

@@ -116,6 +116,10 @@ class Message:
     deleted: bool = False
     attachments: tuple[str, ...] = ()
     raw_components: tuple[JSON, ...] = attrs.field(default=(), eq=False, repr=False)
+    pings: tuple[str, ...] = ()
+    """The mentions in `content` that Discord would notify, as written (`@everyone`, `@here`,
+    `<@id>`, `<@&id>`), after the message's `allowed_mentions` (absent: every kind). Mentions
+    in embeds never notify."""
 
     @property
     def ephemeral(self) -> bool:
@@ -260,6 +264,7 @@ class VoiceStatus:
     udp_dropped: int
     undecryptable: int
     mode: str | None
+    refused: int = 0  # voice IDENTIFYs and RESUMEs closed by the `refuse_voice` fault
 
 
 @attrs.frozen

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 import secrets
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -184,6 +185,9 @@ class BotVoice:
     undecryptable: int = 0
     udp_drop_until: float = -math.inf
     stall_connect: bool = False
+    refuse_code: int | None = None
+    """The `refuse_voice` fault: every voice IDENTIFY and RESUME is closed with this code."""
+    refused: int = 0
 
 
 def flatten_components(raw: Iterable[JSON]) -> tuple[Component, ...]:
@@ -213,6 +217,33 @@ def flatten_components(raw: Iterable[JSON]) -> tuple[Component, ...]:
                     walk([item[key]])
 
     walk(raw)
+    return tuple(found)
+
+
+_MENTION = re.compile(r"@everyone|@here|<@!?(\d+)>|<@&(\d+)>")
+
+
+def pings_of(content: str, allowed_mentions: JSON | None) -> tuple[str, ...]:
+    """The mentions in `content` Discord would notify under `allowed_mentions` (None: the
+    default, every kind parsed)."""
+    parse = (
+        {"everyone", "users", "roles"}
+        if allowed_mentions is None
+        else set(allowed_mentions.get("parse") or ())
+    )
+    users = {str(u) for u in (allowed_mentions or {}).get("users") or ()}
+    roles = {str(r) for r in (allowed_mentions or {}).get("roles") or ()}
+    found = []
+    for match in _MENTION.finditer(content):
+        user, role = match.group(1), match.group(2)
+        if user is not None:
+            notified = "users" in parse or user in users
+        elif role is not None:
+            notified = "roles" in parse or role in roles
+        else:
+            notified = "everyone" in parse
+        if notified:
+            found.append(match.group(0))
     return tuple(found)
 
 
@@ -339,6 +370,7 @@ class State:
             interaction_id=interaction_id,
             attachments=attachments,
             raw_components=raw_components,
+            pings=pings_of(payload.get("content") or "", payload.get("allowed_mentions")),
         )
         self.messages[message.id] = message
         self.channel_messages.setdefault(channel.id, []).append(message.id)
@@ -354,6 +386,7 @@ class State:
         }
         if "content" in payload:
             changes["content"] = payload["content"] or ""
+            changes["pings"] = pings_of(changes["content"], payload.get("allowed_mentions"))
         if "embeds" in payload:
             changes["embeds"] = tuple(Embed.from_json(e) for e in payload["embeds"] or ())
         if "components" in payload:

@@ -26,8 +26,17 @@ CLOSE_TIMEOUT = 2.0  # how long a server-side close waits for the client's close
 @attrs.define(eq=False)
 class VoiceConnection:
     outbox: Outbox
+    transport: asyncio.Transport | None = None
     guild_id: int | None = None
     done: asyncio.Event = attrs.Factory(asyncio.Event)
+    aborted: bool = False
+
+    def abort(self) -> None:
+        """Drop the TCP connection: no close frame, as when a voice server dies or a route
+        fails (the client sees 1006)."""
+        self.aborted = True
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class VoiceServer:
@@ -48,6 +57,13 @@ class VoiceServer:
             connection.outbox.close(code)
         return connection
 
+    def abort(self, guild_id: int) -> VoiceConnection | None:
+        """Drop the guild's voice websocket's TCP connection without a close frame."""
+        connection = self.connections.get(guild_id)
+        if connection is not None:
+            connection.abort()
+        return connection
+
     async def on_shutdown(self, app: web.Application) -> None:
         """aiohttp shutdown hook (asyncio): close every voice websocket with 1001."""
         closing = list(self._all)
@@ -61,7 +77,9 @@ class VoiceServer:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=0, timeout=CLOSE_TIMEOUT)
         await ws.prepare(request)
-        connection = VoiceConnection(Outbox(ws, on_written=self._state.changes.notify))
+        connection = VoiceConnection(
+            Outbox(ws, on_written=self._state.changes.notify), transport=request.transport
+        )
         self._all.add(connection)
         writer = asyncio.ensure_future(connection.outbox.run())
         connection.outbox.send(
@@ -92,7 +110,9 @@ class VoiceServer:
             del self.connections[connection.guild_id]
             voice.websocket_open = False
             voice.described = False
-        if connection.outbox.closed_by_server is not None:
+        if connection.aborted:
+            close = VoiceClose(trio.current_time(), 1006, "lost")
+        elif connection.outbox.closed_by_server is not None:
             close = VoiceClose(trio.current_time(), connection.outbox.closed_by_server, "server")
         elif ws.close_code is not None and ws.close_code != 1006:
             close = VoiceClose(trio.current_time(), int(ws.close_code), "client")
@@ -157,7 +177,20 @@ class VoiceServer:
         voice.sessions_opened += 1
         return voice
 
+    def _refused_by_fault(self, connection: VoiceConnection, data: JSON) -> bool:
+        """The `refuse_voice` fault: close at once with its code (not a rejection: on purpose)."""
+        guild = self._state.guild_by_id(int(data.get("server_id") or 0))
+        voice = None if guild is None else self._state.bot_voice[guild.id]
+        if voice is None or voice.refuse_code is None:
+            return False
+        voice.refused += 1
+        connection.outbox.close(voice.refuse_code)
+        self._state.changes.notify()
+        return True
+
     def _identify(self, connection: VoiceConnection, data: JSON) -> None:
+        if self._refused_by_fault(connection, data):
+            return
         voice = self._authenticate(connection, data)
         if voice is None:
             return
@@ -181,6 +214,8 @@ class VoiceServer:
         self._state.changes.notify()
 
     def _resume(self, connection: VoiceConnection, data: JSON) -> None:
+        if self._refused_by_fault(connection, data):
+            return
         voice = self._authenticate(connection, data)
         if voice is None:
             return
