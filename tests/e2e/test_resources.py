@@ -58,8 +58,10 @@ async def test_resources_shows_connections_cache_cleanup_process_and_pacing(
     admin_bot: LoopbackBot, who: dict[str, Any]
 ) -> None:
     env = admin_bot
-    await play(await dj(env, 1), env.media.tone_url(440, 10))
-    await play(await dj(env, 2), env.media.tone_url(660, 10))
+    # Long enough that ffmpeg is still running (blocked on its full pipe) when counted: a
+    # 10 s tone fits the pipe whole, and its ffmpeg exits and is reaped within a second.
+    await play(await dj(env, 1), env.media.tone_url(440, 60))
+    await play(await dj(env, 2), env.media.tone_url(660, 60))
     await env.discord.wait_for(lambda: len(env.discord.rtp_packets(1)) >= 60, what="audio")
     boss = env.discord.member(guild=1, name="boss", **who)
     answer = await reply_to(await boss.slash("resources"))
@@ -198,7 +200,7 @@ async def test_idle_policies_disconnect_and_say_why(
 
 async def test_metrics_are_scraped_from_the_running_bot(media_cache: Path) -> None:
     async with open_loopback_bot(guilds=1, media_cache=media_cache, metrics_port=0) as env:
-        await play(await dj(env, 1), env.media.tone_url(440, 10))
+        await play(await dj(env, 1), env.media.tone_url(440, 60))  # ffmpeg runs throughout
         await env.discord.wait_for(lambda: len(env.discord.rtp_packets(1)) >= 50, what="audio")
         assert env.app.metrics_url is not None
         assert env.app.metrics_url.startswith("http://127.0.0.1:")

@@ -33,6 +33,7 @@ class OpusStream:
     ) -> None:
         self._receive = receive
         self._read_size = read_size
+        self._check_crc = check_crc
         self.demuxer = OggOpusDemuxer(check_crc=check_crc)
         self._ready: deque[bytes] = deque()
         self._at_eof = False
@@ -68,3 +69,10 @@ class OpusStream:
 
     async def _ended(self) -> None:
         """Called once when the byte stream ends. The default does nothing."""
+
+    def _continue_with(self, receive: trio.abc.ReceiveStream) -> None:
+        """Go on reading from `receive`, a new Ogg Opus stream, once this one ended (call it from
+        `_ended`): the packets already queued are handed out first, then the new stream's."""
+        self._receive = receive
+        self.demuxer = OggOpusDemuxer(check_crc=self._check_crc)
+        self._at_eof = False

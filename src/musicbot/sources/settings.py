@@ -35,7 +35,8 @@ class SourceSettings:
     allow_hosts: tuple[str, ...] = attrs.field(default=(), converter=parse_allow)
     """Host names or networks that may be private, e.g. ("127.0.0.1",) for tests and the demo."""
     concurrency: int = attrs.field(default=4, validator=_at_least_one)
-    """yt-dlp threads at most, for the whole bot."""
+    """yt-dlp threads at most, for the whole bot. The links to one site get one less (at
+    least 1), so that a site that hangs leaves a thread for the others."""
     allow_live: bool = True
     """Whether live streams may be played."""
     max_query_length: int = attrs.field(default=DEFAULT_MAX_LENGTH, validator=_at_least_one)

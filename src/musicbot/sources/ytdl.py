@@ -15,14 +15,17 @@ One query, start to finish, under one deadline (`resolve_timeout`):
 4. At the deadline, what is settled is kept and the rest is counted as left out; if nothing
    was settled, the query took too long.
 
-Inside yt-dlp, GuardedYoutubeDL asks the UrlPolicy before each request it makes and checks where
-redirects ended, so a page cannot steer yt-dlp itself into the private network either.
+Inside yt-dlp, GuardedYoutubeDL asks the UrlPolicy before each request it makes and before each
+redirect it would follow, so a page cannot steer yt-dlp itself into the private network either.
 
 Threads: each yt-dlp call runs in `trio.to_thread.run_sync(..., abandon_on_cancel=True)` under
 one CapacityLimiter shared by the whole bot. A cancelled or timed-out call returns at once; its
 thread runs on until yt-dlp's socket timeout ends it, still holding its limiter token, so stuck
-threads can never exceed `concurrency`. One query resolves at most half the threads' worth of
-entries at a time, so a long playlist does not starve other guilds' queries.
+threads can never exceed `concurrency`. The links to one site (host and port) may hold all
+but one of the threads, abandoned ones included, so a site that never answers cannot make every
+other guild's lookup wait for it and time out (searches go to the search site the operator
+chose, and are not held back so). One query resolves at most half the threads' worth of entries
+at a time, so a long playlist does not starve other guilds' queries.
 
 Instances: building a YoutubeDL costs tens of milliseconds and its first request as much again,
 so a YtdlPool keeps up to `concurrency` idle ones. A worker thread borrows one for one call and
@@ -37,9 +40,11 @@ import contextlib
 import functools
 import logging
 import threading
+import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, TypeVar, cast
+from urllib.parse import urljoin, urlsplit
 
 import attrs
 import trio
@@ -96,10 +101,20 @@ class YtdlLog:
         self._logger.info("yt-dlp error: %s", message)
 
 
+class RedirectRefused(yt_dlp.networking.exceptions.RequestError):  # type: ignore[misc]
+    """A redirect the UrlPolicy refused, raised inside a yt-dlp HTTP handler. As a RequestError
+    it ends the request (yt-dlp would try its next handler after any other exception);
+    GuardedYoutubeDL.urlopen turns it back into the refusal."""
+
+    def __init__(self, refusal: ResolveError) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
+
+
 class GuardedYoutubeDL(yt_dlp.YoutubeDL):  # type: ignore[misc]  # yt-dlp ships no types
-    """A YoutubeDL whose every HTTP request is checked by the UrlPolicy first, and whose
-    responses are checked again where redirects ended (the request was made, but nothing of a
-    private page's content comes back). A refusal raises ResolveError through yt-dlp.
+    """A YoutubeDL whose every HTTP request is checked by the UrlPolicy first, redirects
+    included (before they are followed), and whose responses are checked again where they
+    ended. A refusal raises ResolveError through yt-dlp.
 
     `release()` ends one call, so that the instance can serve another: it closes every response
     the call opened, error responses included (yt-dlp's generic extractor leaves the response to
@@ -114,11 +129,62 @@ class GuardedYoutubeDL(yt_dlp.YoutubeDL):  # type: ignore[misc]  # yt-dlp ships 
         self._musicbot_policy = policy
         self._musicbot_allowed: set[tuple[str, str]] = set()
         self._musicbot_responses: list[Any] = []
+        self._musicbot_guard_redirects()
+
+    def _musicbot_guard_redirects(self) -> None:
+        """Check each redirect's target before it is followed. yt-dlp's HTTP handlers follow
+        redirects inside one `urlopen`, so a check only where they ended would let any page send
+        the bot's request to a private address (it would be made, and its status told back).
+        yt-dlp has no public hook for this: its handlers' sessions (requests) and openers
+        (urllib) are wrapped as they are made. A yt-dlp that changed those fails here, loudly."""
+        for name in ("Requests", "Urllib"):
+            handler = self._request_director.handlers.get(name)
+            if handler is not None:
+                handler._create_instance = functools.partial(
+                    self._musicbot_guarded, handler._create_instance
+                )
+
+    def _musicbot_guarded(self, make: Callable[..., Any], **kwargs: Any) -> Any:
+        instance = make(**kwargs)
+        hooks = getattr(instance, "hooks", None)  # a requests.Session
+        if isinstance(hooks, dict):
+            hooks["response"].append(self._musicbot_check_redirect)
+            return instance
+        for handler in instance.handlers:  # a urllib OpenerDirector
+            if isinstance(handler, urllib.request.HTTPRedirectHandler):
+                handler.redirect_request = functools.partial(  # type: ignore[method-assign]
+                    self._musicbot_checked_redirect, handler.redirect_request
+                )
+                return instance
+        raise RuntimeError(f"cannot guard redirects of yt-dlp's {type(instance).__name__}")
+
+    def _musicbot_check_redirect(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        """requests' response hook: runs for every response, before a redirect is followed."""
+        if response.is_redirect:
+            try:
+                self._musicbot_check(urljoin(response.url, response.headers["location"]))
+            except ResolveError as refusal:
+                response.close()
+                raise RedirectRefused(refusal) from None
+        return response
+
+    def _musicbot_checked_redirect(
+        self, follow: Callable[..., Any], req: Any, fp: Any, code: int, msg: str, headers: Any,
+        new: str,
+    ) -> Any:  # fmt: skip
+        """urllib's HTTPRedirectHandler.redirect_request, after the UrlPolicy agreed."""
+        try:
+            self._musicbot_check(new)
+        except ResolveError as refusal:
+            raise RedirectRefused(refusal) from None
+        return follow(req, fp, code, msg, headers, new)
 
     def urlopen(self, req: Any) -> Any:
         self._musicbot_check(req if isinstance(req, str) else getattr(req, "url", ""))
         try:
             response = super().urlopen(req)
+        except RedirectRefused as exc:
+            raise exc.refusal from None
         except yt_dlp.networking.exceptions.HTTPError as exc:
             self._musicbot_responses.append(exc.response)  # extractors may still read it
             raise
@@ -303,6 +369,9 @@ class YtdlResolver:
             lambda: make_ytdl(dict(params), policy), max_idle=settings.concurrency
         )
         self._threads = trio.CapacityLimiter(settings.concurrency)
+        self.per_site = max(1, settings.concurrency - 1)
+        """yt-dlp threads the links to one site may hold at once, abandoned ones included."""
+        self._sites = _SiteLanes(self.per_site)
         self._fan_out = max(1, settings.concurrency // 2)
 
     @property
@@ -312,8 +381,13 @@ class YtdlResolver:
         return self._policy
 
     def statistics(self) -> trio.CapacityLimiterStatistics:
-        """The yt-dlp threads: borrowed (running or abandoned but still running) and waiting."""
+        """The yt-dlp threads: borrowed (running or abandoned but still running), and calls
+        waiting for one (calls waiting for their site's turn are not counted)."""
         return self._threads.statistics()
+
+    def busy_sites(self) -> int:
+        """Sites with a yt-dlp call running or waiting for a thread (abandoned calls included)."""
+        return len(self._sites)
 
     def ytdl_statistics(self) -> YtdlPoolStatistics:
         """The yt-dlp instances: idle, made and closed so far."""
@@ -334,7 +408,9 @@ class YtdlResolver:
                 if parsed.kind is QueryKind.LINK:
                     target = await self.policy.check(parsed.text)
                 listing = await self._in_thread(
-                    functools.partial(self._list, parsed, target), where=_where(parsed, target)
+                    functools.partial(self._list, parsed, target),
+                    where=_where(parsed, target),
+                    site=_site(target) if parsed.kind is QueryKind.LINK else None,
                 )
         except trio.TooSlowError:
             raise ResolveError(self._too_slow(parsed)) from None
@@ -381,7 +457,9 @@ class YtdlResolver:
             async with lanes:  # one query does not take every thread
                 try:
                     item = await self._in_thread(
-                        functools.partial(self._resolve_entry, item), where=_host_of(item.url)
+                        functools.partial(self._resolve_entry, item),
+                        where=_host_of(item.url),
+                        site=_site(item.url),
                     )
                 except ResolveError as exc:
                     return str(exc)
@@ -425,9 +503,15 @@ class YtdlResolver:
         seconds = f"{self.settings.resolve_timeout:g}"
         return f"looking up {what} took too long (over {seconds} seconds); try again later"
 
-    async def _in_thread(self, work: Callable[[], T], *, where: str) -> T:
+    async def _in_thread(self, work: Callable[[], T], *, where: str, site: str | None) -> T:
+        """`work` in a worker thread: one of the bot's threads, and one of its site's turns
+        (`site` None: a search, which only needs a thread)."""
+        limiter = self._threads
+        if site is not None:
+            # trio takes any object with CapacityLimiter's two *_on_behalf_of methods.
+            limiter = cast(trio.CapacityLimiter, _SiteAndThread(self._sites, site, self._threads))
         return await trio.to_thread.run_sync(
-            _plainly, work, where, abandon_on_cancel=True, limiter=self._threads
+            _plainly, work, where, abandon_on_cancel=True, limiter=limiter
         )
 
     # --- in worker threads ------------------------------------------------------------------
@@ -447,6 +531,62 @@ class YtdlResolver:
         if isinstance(entry, Candidate):
             return entry
         raise ResolveError(f"I found nothing playable in “{item.title}”")
+
+
+class _SiteLanes:
+    """A CapacityLimiter of `per_site` tokens for each site in use; a site's limiter is dropped
+    once nobody holds or waits for it, so sites seen once do not pile up over months."""
+
+    def __init__(self, per_site: int) -> None:
+        self._per_site = per_site
+        self._lanes: dict[str, trio.CapacityLimiter] = {}
+        self._users: Counter[str] = Counter()
+
+    async def acquire(self, site: str, borrower: object) -> None:
+        lane = self._lanes.get(site)
+        if lane is None:
+            lane = self._lanes[site] = trio.CapacityLimiter(self._per_site)
+        self._users[site] += 1
+        try:
+            await lane.acquire_on_behalf_of(borrower)
+        except BaseException:
+            self._forget(site)
+            raise
+
+    def release(self, site: str, borrower: object) -> None:
+        self._lanes[site].release_on_behalf_of(borrower)
+        self._forget(site)
+
+    def _forget(self, site: str) -> None:
+        self._users[site] -= 1
+        if not self._users[site]:
+            del self._users[site], self._lanes[site]
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+
+class _SiteAndThread:
+    """The limiter of one yt-dlp call: a token of its site, then one of the bot's threads. trio
+    releases it when the thread ends, also when the call was abandoned at its deadline, so a
+    site that hangs holds at most `per_site` threads until yt-dlp's socket timeout frees them."""
+
+    def __init__(self, sites: _SiteLanes, site: str, threads: trio.CapacityLimiter) -> None:
+        self._sites = sites
+        self._site = site
+        self._threads = threads
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        await self._sites.acquire(self._site, borrower)
+        try:
+            await self._threads.acquire_on_behalf_of(borrower)
+        except BaseException:
+            self._sites.release(self._site, borrower)
+            raise
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        self._threads.release_on_behalf_of(borrower)
+        self._sites.release(self._site, borrower)
 
 
 @attrs.define
@@ -472,6 +612,15 @@ def _plainly(work: Callable[[], T], where: str) -> T:
 
 def _where(query: Query, target: str) -> str:
     return _host_of(target) if query.kind is QueryKind.LINK else "the search site"
+
+
+def _site(url: str) -> str:
+    """Which site a URL is on, for the threads one site may hold: its host and port."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        netloc = ""
+    return netloc.rpartition("@")[2].lower()
 
 
 def _host_of(url: str) -> str:

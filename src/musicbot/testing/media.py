@@ -19,6 +19,10 @@ Routes (the URL helpers build them; tests should not need to spell them):
     /stalled/F/S.EXT?after=N    headers, the tone's bytes below offset N, then nothing, ever
     /truncated/F/S.EXT?keep=K   Content-Length of the whole tone, a fraction K of it, a close
     /short/F/S.EXT?keep=K       a fraction K of the tone, served as a complete (short) file
+    /paced/F/S.EXT?rate=R&burst=B  B seconds of the tone at once, then the rest at R times its
+                                playing speed (ranges honoured), as streaming sites send: a
+                                reader cannot get far ahead of it
+    /hang/NAME                  reads the request, then never answers, until the client hangs up
     /not-audio/page.mp3         an HTML page (text/html)
     /not-audio/noise.mp3        random bytes served as audio/mpeg
     /redirect?to=URL            302 to URL
@@ -41,7 +45,13 @@ from urllib.parse import quote, urlencode, urlsplit
 import attrs
 import trio
 
-from musicbot.testing._http import Request, Response, byte_range, serve_connection
+from musicbot.testing._http import (
+    RangeNotSatisfiable,
+    Request,
+    Response,
+    byte_range,
+    serve_connection,
+)
 from musicbot.testing.tones import TONE_FORMATS, Tone, ToneCache, ToneFormat
 
 NOISE_BYTES = 64 * 1024
@@ -131,6 +141,29 @@ class MediaServer:
         route = "truncated" if declared else "short"
         return f"{self.base_url}/{route}/{Tone(freq, seconds, fmt).name}?keep={keep:g}"
 
+    def paced_url(
+        self,
+        freq: int = 440,
+        seconds: float = 3.0,
+        fmt: ToneFormat = "mp3",
+        *,
+        rate: float = 1.5,
+        burst: float = 1.0,
+    ) -> str:
+        """The tone as a streaming site sends it: `burst` seconds of it at once (from the offset
+        a range asks for), then the rest at `rate` times the speed it plays at, so that ffmpeg
+        stays about as far ahead of the player as the server lets it."""
+        if not rate > 0 or not burst >= 0:
+            raise ValueError(f"rate must be positive and burst not negative, got {rate}, {burst}")
+        query = urlencode({"rate": f"{rate:g}", "burst": f"{burst:g}"})
+        return f"{self.base_url}/paced/{Tone(freq, seconds, fmt).name}?{query}"
+
+    def hung_url(self, name: str = "page") -> str:
+        """A link whose server reads the request and never answers (no status line, ever):
+        what a client sees of a site that hangs. The connection stays open until the client
+        gives up or the server closes."""
+        return f"{self.base_url}/hang/{quote(name)}"
+
     def not_audio_url(self, kind: Literal["page", "noise"] = "page") -> str:
         """`page`: an HTML page (text/html); `noise`: random bytes served as audio/mpeg."""
         return f"{self.base_url}/not-audio/{kind}.mp3"
@@ -173,8 +206,13 @@ class MediaServer:
         if route == "playlist":
             await self._playlist(request, response)
             return
+        if route == "hang":
+            await response.wait_client_gone()
+            return
         if route == "redirect" and "to" in request.query:
-            await _plain(response, 302, "moved\n", [("Location", request.query["to"])])
+            # A header is ASCII: a target in any script goes percent-encoded, as servers send it.
+            location = quote(request.query["to"], safe=":/?#[]@!$&'()*+,;=%")
+            await _plain(response, 302, "moved\n", [("Location", location)])
             return
         if route == "not-audio" and rest in ("page.mp3", "noise.mp3"):
             if rest == "page.mp3":
@@ -205,6 +243,11 @@ class MediaServer:
         elif route == "truncated":
             keep = _fraction(request.query.get("keep"), len(body))
             await _send_cut(response, body, keep, tone.content_type)
+        elif route == "paced":
+            per_second = len(body) / tone.seconds
+            speed = float(request.query.get("rate", "1")) * per_second
+            burst = round(float(request.query.get("burst", "0")) * per_second)
+            await _send_paced(response, body, speed, burst, tone.content_type)
         else:  # stalled
             after = int(request.query.get("after", "0"))
             await _send_cut(response, body, after, tone.content_type, stall=True)
@@ -222,7 +265,10 @@ class MediaServer:
         await response.send_body(_page(title, "\n".join(tags)), "text/html")
 
 
-_TONE_ROUTES = frozenset({"tone", "page", "stalled", "truncated", "short"})
+_TONE_ROUTES = frozenset({"tone", "page", "stalled", "truncated", "short", "paced"})
+
+PACED_CHUNK_SECONDS = 0.05
+"""A paced answer goes out in pieces this far apart."""
 
 
 def _parse_tone(name: str) -> Tone | None:
@@ -260,6 +306,41 @@ async def _send_cut(
     await response.send(body[start : max(start, min(stop, keep))])
     if stall:
         await response.wait_client_gone()
+
+
+async def _send_paced(
+    response: Response, body: bytes, bytes_per_second: float, burst: int, content_type: str
+) -> None:
+    """All of `body` (or of the range asked): `burst` bytes at once, then the rest at
+    `bytes_per_second`, in small pieces."""
+    size = len(body)
+    try:
+        wanted = byte_range(response.request.headers.get("range"), size)
+    except RangeNotSatisfiable:
+        await _plain(
+            response, 416, "range not satisfiable\n", [("Content-Range", f"bytes */{size}")]
+        )
+        return
+    start, stop = wanted or (0, size)
+    headers = [("Content-Type", content_type), ("Accept-Ranges", "bytes")]
+    length = ("Content-Length", str(stop - start))
+    if wanted is None:
+        await response.start(200, [*headers, length])
+    else:
+        await response.start(
+            206, [*headers, ("Content-Range", f"bytes {start}-{stop - 1}/{size}"), length]
+        )
+    if response.request.method == "HEAD":
+        await response.finish()
+        return
+    first = min(start + burst, stop)
+    await response.send(body[start:first])
+    chunk = max(1, round(bytes_per_second * PACED_CHUNK_SECONDS))
+    began = trio.current_time()
+    for offset in range(first, stop, chunk):
+        await trio.sleep_until(began + (offset - first) / bytes_per_second)
+        await response.send(body[offset : min(offset + chunk, stop)])
+    await response.finish()
 
 
 async def _plain(
