@@ -157,7 +157,7 @@ async def test_a_redirect_into_a_refused_address_is_not_read(media: MediaServer)
     with pytest.raises(ResolveError) as caught:
         await resolver(allow_hosts=("localhost",)).resolve(start)
     assert str(caught.value) == PRIVATE
-    assert media.requests == ["/moved", "/inside.html"]  # asked for, but its content not used
+    assert media.requests == ["/moved"]  # the redirect's target was refused, never asked for
     # With both allowed the same redirect is followed: the refusal above was the policy's.
     result = await resolver(allow_hosts=("localhost", "127.0.0.1")).resolve(start)
     assert [t.url for t in result.tracks] == [media.url("/tone.mp3", "localhost")]
@@ -171,7 +171,7 @@ def test_guarded_youtubedl_asks_before_any_request() -> None:
         ytdl.urlopen("http://127.0.0.1:9/")  # nothing listens: a request would fail otherwise
 
 
-async def test_guarded_youtubedl_checks_where_a_redirect_ended(media: MediaServer) -> None:
+async def test_guarded_youtubedl_checks_a_redirect_before_following_it(media: MediaServer) -> None:
     media.serve("/moved", status=302, headers=(("Location", media.url("/tone.mp3")),))
 
     def fetch() -> None:
@@ -182,7 +182,7 @@ async def test_guarded_youtubedl_checks_where_a_redirect_ended(media: MediaServe
     with pytest.raises(ResolveError) as caught:
         await trio.to_thread.run_sync(fetch)
     assert str(caught.value) == PRIVATE
-    assert media.requests == ["/moved", "/tone.mp3"]  # followed, but not handed to yt-dlp
+    assert media.requests == ["/moved"]  # refused before it was followed
 
 
 # --- searches, through a search extractor registered for the test ---------------------------

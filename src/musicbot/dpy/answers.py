@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -58,17 +59,30 @@ async def answering(interaction: discord.Interaction, work: Awaitable[None], wha
         await answer_privately(interaction, explain(error, what))
 
 
+class Thinking:
+    """The "thinking..." answer on its way to Discord (what `thinking()` gives its body)."""
+
+    def __init__(self, deferral: asyncio.Future[Any]) -> None:
+        self._deferral = deferral
+
+    async def shown(self) -> None:
+        """Wait until Discord has it. Call this before slow work (a yt-dlp lookup): that work
+        runs in threads that compete with the event loop for the GIL, and 200 /play at once
+        starved their deferrals past Discord's 3 s deadline ("did not respond")."""
+        await asyncio.shield(self._deferral)
+
+
 @asynccontextmanager
-async def thinking(interaction: discord.Interaction) -> AsyncIterator[None]:
+async def thinking(interaction: discord.Interaction) -> AsyncIterator[Thinking]:
     """Show "thinking..." while the body works, without waiting for Discord to confirm it.
 
     The deferral is one HTTP round trip to Discord (tens of milliseconds or more); a /play
     whose song is stored needs less than that to start the audio, so it starts the audio
-    first. Leaving the block waits for the deferral, so answers (follow-ups) and refusals
-    always come after it.
+    first (a body about to do slow work waits with `shown()`). Leaving the block waits for
+    the deferral, so answers (follow-ups) and refusals always come after it.
     """
     deferral = asyncio.ensure_future(interaction.response.defer(thinking=True))
     try:
-        yield
+        yield Thinking(deferral)
     finally:
         await deferral

@@ -69,6 +69,9 @@ class MusicBot(commands.AutoShardedBot):
             intents=intents,
             connector=connector,
             help_command=None,
+            # Messages quote titles and searches that strangers wrote ("@everyone"): no
+            # message of the bot may ping anyone.
+            allowed_mentions=discord.AllowedMentions.none(),
             tree_cls=MusicTree,
             guild_ready_timeout=settings.guild_ready_timeout,
             shard_count=settings.shard_count,
@@ -88,9 +91,9 @@ class MusicBot(commands.AutoShardedBot):
         self._identify_concurrency = max(1, int(limit.get("max_concurrency", 1)))
         from musicbot.dpy.cogs.admin import Admin
         from musicbot.dpy.cogs.music import Music
-        from musicbot.dpy.controls import PlayerButton, QueuePageButton
+        from musicbot.dpy.controls import PlayerButton, QueuePageButton, RetiredButton
 
-        self.add_dynamic_items(PlayerButton, QueuePageButton)
+        self.add_dynamic_items(PlayerButton, QueuePageButton, RetiredButton)
         await self.add_cog(Music(self))
         await self.add_cog(Admin(self))
         if self.settings.command_guilds:

@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import discord
+from discord import app_commands
 
 VoiceChannel = discord.VoiceChannel | discord.StageChannel
 
 
 class CommandRefused(Exception):
     """A command cannot run as asked. The message goes back to the user, ephemeral."""
+
+
+class GuildUnknown(app_commands.CheckFailure):
+    """The interaction comes from a guild discord.py has no state for: the bot was removed
+    from it (its commands can stay installed), or Discord has not sent it yet (start-up, an
+    outage). Nothing about voice can be known there. A CheckFailure, so that raised from a
+    cog's `interaction_check` it reaches the tree's error handler and is answered."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "I cannot see this server right now: I may have been removed from it, or Discord "
+            "has not sent it to me yet. Try again in a minute, or ask an admin to add me again."
+        )
+
+
+def require_known_guild(interaction: discord.Interaction) -> discord.Guild:
+    """The interaction's guild as discord.py knows it, or GuildUnknown."""
+    guild_id = interaction.guild_id
+    guild = None if guild_id is None else interaction.client.get_guild(guild_id)
+    if guild is None or guild.unavailable:
+        raise GuildUnknown()
+    return guild
 
 
 def invoker_channel(interaction: discord.Interaction) -> VoiceChannel:

@@ -14,7 +14,7 @@ import discord
 from musicbot.core.mailbox import ActorGone
 from musicbot.dpy.answers import answering
 from musicbot.dpy.bridge import call_trio_from_asyncio
-from musicbot.dpy.checks import CommandRefused, require_same_channel
+from musicbot.dpy.checks import CommandRefused, require_known_guild, require_same_channel
 from musicbot.dpy.render import now_playing_embed, page_count, queue_embed
 
 if TYPE_CHECKING:
@@ -71,11 +71,12 @@ class PlayerButton(
 
     async def _press(self, interaction: discord.Interaction) -> None:
         bot: MusicBot = interaction.client  # type: ignore[assignment]
-        require_same_channel(interaction)
-        assert interaction.guild_id is not None
-        player = bot.supervisor.find_player(interaction.guild_id)
+        guild = require_known_guild(interaction)
+        # An old message's buttons outlive the player: say that first, not where to stand.
+        player = bot.supervisor.find_player(guild.id)
         if player is None:
-            raise CommandRefused("I am not playing here any more.")
+            raise CommandRefused("I am not playing here any more; start again with /play.")
+        require_same_channel(interaction)
         who = interaction.user.display_name
         try:
             if self.action in ("pause", "resume"):
@@ -104,6 +105,34 @@ class PlayerButton(
             raise CommandRefused("I am not playing here any more.") from None
 
 
+class RetiredButton(
+    discord.ui.DynamicItem[Button],
+    template=r"(?s)(?!musicbot:(?:pause|resume|skip|stop|queue:-?\d+)\Z).+",
+):
+    """Any other custom id: a button this version does not have, on a message an older one
+    posted. discord.py drops a press nobody claims, and Discord then shows "This interaction
+    failed"; this answers it instead. Every button of the bot is a dynamic item, so nothing
+    else claims these."""
+
+    def __init__(self, custom_id: str) -> None:
+        super().__init__(discord.ui.Button(label="?", custom_id=custom_id))
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> RetiredButton:
+        return cls(match[0])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await answering(interaction, self._explain(), "an old button")
+
+    async def _explain(self) -> None:
+        raise CommandRefused(
+            "That button is from an older message and does nothing now; "
+            "/nowplaying and /queue show fresh ones."
+        )
+
+
 class QueuePageButton(discord.ui.DynamicItem[Button], template=r"musicbot:queue:(?P<page>-?\d+)"):
     def __init__(self, page: int, *, label: str = "", disabled: bool = False) -> None:
         super().__init__(
@@ -127,8 +156,8 @@ class QueuePageButton(discord.ui.DynamicItem[Button], template=r"musicbot:queue:
 
     async def _turn(self, interaction: discord.Interaction) -> None:
         bot: MusicBot = interaction.client  # type: ignore[assignment]
-        assert interaction.guild_id is not None
-        player = bot.supervisor.find_player(interaction.guild_id)
+        guild = require_known_guild(interaction)
+        player = bot.supervisor.find_player(guild.id)
         if player is None:
             raise CommandRefused("I am not playing here any more, so there is no queue.")
         try:

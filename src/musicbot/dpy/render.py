@@ -38,9 +38,43 @@ def parse_timestamp(text: str) -> float | None:
     return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds)
 
 
+DESCRIPTION_LIMIT = 4096
+"""Discord's limit on an embed's description, in characters."""
+LONGEST_LINK = 512
+"""A page link longer than this is left out (the title alone shows): anyone's link can be up
+to 4,096 characters, and ten of those would not fit in a queue page."""
+_MARKDOWN = re.compile(r"[\\*_~`|>#\-\[\]()<]")
+_URL_BREAKERS = {"(": "%28", ")": "%29", "<": "%3C", ">": "%3E", " ": "%20"}
+
+
+def escaped(text: str) -> str:
+    """`text` shown as written. Brackets too: a title or a name must not end the link it is
+    the text of and start one of its own (`x](http://elsewhere) [y`)."""
+    return _MARKDOWN.sub(lambda match: "\\" + match[0], text)
+
+
 def track_link(track: Track) -> str:
-    title = discord.utils.escape_markdown(track.title)
-    return f"[{title}]({track.page_url})" if track.page_url else title
+    title = escaped(track.title)
+    url = track.page_url
+    if not url or len(url) > LONGEST_LINK:
+        return title
+    for breaker, code in _URL_BREAKERS.items():  # each would end the link early
+        url = url.replace(breaker, code)
+    return f"[{title}]({url})"
+
+
+def fit_lines(lines: list[str], limit: int = DESCRIPTION_LIMIT) -> str:
+    """The lines, as many as fit in `limit` characters, then how many did not."""
+    text = ""
+    for index, line in enumerate(lines):
+        joined = f"{text}\n{line}" if text else line
+        after = len(lines) - index - 1
+        room = limit - (len(f"\n… and {after} more") if after else 0)
+        if len(joined) > room:
+            missing = f"… and {len(lines) - index} more"
+            return f"{text}\n{missing}" if text else missing
+        text = joined
+    return text
 
 
 def progress_bar(elapsed: float, duration: float | None) -> str:
@@ -118,11 +152,11 @@ def queue_embed(view: QueueView, page: int) -> discord.Embed:
         )
     first = (page - 1) * QUEUE_PAGE_SIZE
     for number, track in enumerate(view.upcoming[first : first + QUEUE_PAGE_SIZE], first + 1):
-        who = f" · {discord.utils.escape_markdown(track.requester)}" if track.requester else ""
+        who = f" · {escaped(track.requester)}" if track.requester else ""
         lines.append(f"`{number}.` {track_link(track)} `{format_duration(track.duration)}`{who}")
     if not view.upcoming:
         lines.append("Nothing is queued." if view.now_playing else "The queue is empty.")
-    embed.description = "\n".join(lines)
+    embed.description = fit_lines(lines)
     total = sum(t.duration or 0 for t in view.upcoming)
     embed.set_footer(
         text=f"Page {page}/{pages} · {len(view.upcoming)} tracks · {format_duration(total)} · "

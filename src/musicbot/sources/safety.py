@@ -14,8 +14,9 @@ in a worker thread (yt-dlp's own requests, see `musicbot.sources.ytdl`).
 
 What this cannot see, and why the network should still be fenced off (a firewall or an egress
 proxy for the bot's user): the host may resolve differently a moment later when the request is
-made (DNS rebinding), HTTP redirects are followed inside yt-dlp and ffmpeg, and ffmpeg reads
-HLS segments named in a playlist without asking anyone.
+made (DNS rebinding), HTTP redirects are followed inside ffmpeg (yt-dlp's are checked before
+they are followed, see musicbot.sources.ytdl), and ffmpeg reads HLS segments named in a playlist
+without asking anyone.
 
 ffmpeg's matching input option is `-protocol_whitelist http,https,tcp,tls,crypto`
 (`FFMPEG_PROTOCOL_WHITELIST`): http and https with the tcp and tls they run on, and crypto for
@@ -254,7 +255,9 @@ def _host(parts: SplitResult) -> tuple[str, IPAddress | None]:
         ascii_host = host.encode("idna").decode("ascii").lower()
     except UnicodeError:
         raise ResolveError(NOT_A_LINK) from None
-    if not _HOST_NAME.fullmatch(ascii_host):
+    if not _HOST_NAME.fullmatch(ascii_host) or ascii_host.rpartition(".")[2].isdigit():
+        # A numeric last label is no name (no top-level domain is numeric) and, since
+        # inet_aton refused it, no address either: refused here, not after a DNS query.
         raise ResolveError(NOT_A_LINK)
     return ascii_host, None
 

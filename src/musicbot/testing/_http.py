@@ -149,6 +149,12 @@ class Response:
 Handler = Callable[[Request, Response], Awaitable[None]]
 
 
+KEEP_ALIVE_SECONDS = 5.0
+"""How long a connection may wait for its next request before the server closes it (nginx: 75 s).
+Short here, so that the idle keep-alive connections a client pools (yt-dlp's do) end within a
+test instead of outliving it."""
+
+
 class _Connection:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
@@ -179,7 +185,10 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
     connection = _Connection(stream)
     try:
         while True:
-            event = await connection.next_event()
+            with trio.move_on_after(KEEP_ALIVE_SECONDS) as idle:
+                event = await connection.next_event()
+            if idle.cancelled_caught:
+                return  # no request came: closed, as every real server does
             if isinstance(event, h11.ConnectionClosed):
                 return
             if not isinstance(event, h11.Request):

@@ -14,8 +14,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from musicbot.dpy.bridge import call_trio_from_asyncio
-from musicbot.dpy.checks import CommandRefused
-from musicbot.dpy.resources import describe_cleanup, resources_embed
+from musicbot.dpy.checks import CommandRefused, require_known_guild
+from musicbot.dpy.resources import describe_cleanup, resources_embed, shard_placement
 from musicbot.process import ProcessMonitor, ProcessStatistics
 
 if TYPE_CHECKING:
@@ -46,6 +46,12 @@ class Admin(commands.Cog):
         self.supervisor = bot.supervisor
         self.monitor = ProcessMonitor()
 
+    def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        """Roles and permissions are read from the guild: one discord.py knows nothing of
+        cannot be judged."""
+        require_known_guild(interaction)
+        return True
+
     def _require_admin(self, interaction: discord.Interaction) -> None:
         if not may_administer(self.bot.settings, interaction):
             raise CommandRefused(
@@ -75,6 +81,8 @@ class Admin(commands.Cog):
             visible=lambda guild_id: owner or guild_id == interaction.guild_id,
             store=self.bot.store.statistics() if self.bot.store else None,
             source=self.bot.source.statistics() if self.bot.source else None,
+            placement=shard_placement(self.bot),
+            guild_shard=interaction.guild.shard_id if interaction.guild else None,
         )
         await interaction.response.send_message(embed=embed, ephemeral=True)
 

@@ -18,7 +18,12 @@ from musicbot.core.ports import ResolveError, SourceError, VoiceConnectError
 from musicbot.core.supervisor import PlayerHandle, SpawnRefused
 from musicbot.dpy.answers import thinking
 from musicbot.dpy.bridge import call_trio_from_asyncio
-from musicbot.dpy.checks import CommandRefused, require_same_channel, target_channel
+from musicbot.dpy.checks import (
+    CommandRefused,
+    require_known_guild,
+    require_same_channel,
+    target_channel,
+)
 from musicbot.dpy.controls import player_controls, queue_controls
 from musicbot.dpy.render import (
     LOOP_WORDS,
@@ -51,6 +56,11 @@ class Music(commands.Cog):
     def __init__(self, bot: MusicBot) -> None:
         self.bot = bot
         self.supervisor = bot.supervisor
+
+    def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        """Every command first: a guild discord.py knows nothing of has no voice to act on."""
+        require_known_guild(interaction)
+        return True
 
     # --- shared steps ------------------------------------------------------------------------
 
@@ -107,7 +117,9 @@ class Music(commands.Cog):
     @app_commands.describe(query="A link, or words to search for")
     async def play(self, interaction: discord.Interaction, query: str) -> None:
         channel = target_channel(interaction)
-        async with thinking(interaction):
+        async with thinking(interaction) as answer:
+            if not self.supervisor.has_resolved(query):
+                await answer.shown()  # a lookup is slow: Discord's deadline first
             try:
                 resolved = await call_trio_from_asyncio(self.supervisor.resolve, query)
             except ResolveError as exc:
