@@ -35,6 +35,13 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+@nox.session(python=_first_available_python())
+def faults(session: nox.Session) -> None:
+    """The slow reliability suites (faults and load that take minutes): `-m slow`."""
+    _install(session, "test")
+    session.run("pytest", "-m", "slow", *session.posargs)
+
+
 @nox.session(python=PYTHON_VERSIONS, name="tests-all", default=False)
 def tests_all(session: nox.Session) -> None:
     """The test suite on every supported Python found on this machine."""

@@ -319,6 +319,10 @@ class ResourceSupervisor:
         await child.finished.wait()
         return True
 
+    def has_resolved(self, query: str) -> bool:
+        """Whether `resolve(query)` would answer from the cache now, without a lookup."""
+        return query in self.cache
+
     async def resolve(self, query: str) -> Resolved:
         """Tracks for `query`, from the cache when a fresh answer is there."""
         cached = self.cache.get(query)

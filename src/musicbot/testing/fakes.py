@@ -27,7 +27,9 @@ class FakeVoice:
     """A VoicePort that records what a player does with it.
 
     `connect_error` makes connect() fail with that message; `hang_on_disconnect` makes
-    disconnect() never return, to prove the caller bounds it.
+    disconnect() never return, to prove the caller bounds it. `record=False` only counts
+    frames and speaking changes (`frames_sent`, `speaking_switches`), for runs long enough
+    that keeping them would be what grows.
     """
 
     def __init__(
@@ -37,8 +39,10 @@ class FakeVoice:
         connect_error: str | None = None,
         connect_delay: float = 0.0,
         hang_on_disconnect: bool = False,
+        record: bool = True,
     ) -> None:
         self.guild_id = guild_id
+        self.record = record
         self.connect_error = connect_error
         self.connect_delay = connect_delay
         self.hang_on_disconnect = hang_on_disconnect
@@ -48,6 +52,8 @@ class FakeVoice:
         self.disconnected_at: float | None = None
         self.frames: list[SentFrame] = []
         self.speaking_changes: list[tuple[float, bool]] = []
+        self.frames_sent = 0
+        self.speaking_switches = 0
 
     @property
     def connected(self) -> bool:
@@ -63,10 +69,14 @@ class FakeVoice:
     def send_frame(self, opus: bytes) -> None:
         if self.disconnects:
             raise RuntimeError("frame sent after disconnect")
-        self.frames.append(SentFrame(trio.current_time(), opus))
+        self.frames_sent += 1
+        if self.record:
+            self.frames.append(SentFrame(trio.current_time(), opus))
 
     async def set_speaking(self, speaking: bool) -> None:
-        self.speaking_changes.append((trio.current_time(), speaking))
+        self.speaking_switches += 1
+        if self.record:
+            self.speaking_changes.append((trio.current_time(), speaking))
 
     async def disconnect(self) -> None:
         self.disconnects += 1
@@ -83,12 +93,16 @@ class FakeFrameSource:
 
     A track plays for its duration (one frame per 20 ms); a track whose url starts with
     "fail:" raises SourceError on open, one starting with "stall:" stops delivering frames
-    halfway until `release_stalls()`. It records every stream it opened and closed.
+    halfway until `release_stalls()`. It records every stream it opened and closed
+    (`record=False`: only counts them, in `streams_opened` and `streams_closed`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, record: bool = True) -> None:
+        self.record = record
         self.opened: list[tuple[str, float, int]] = []
         self.closed: list[str] = []
+        self.streams_opened = 0
+        self.streams_closed = 0
         self._stall_released = trio.Event()
 
     def release_stalls(self) -> None:
@@ -100,7 +114,9 @@ class FakeFrameSource:
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         if track.url.startswith("fail:"):
             raise SourceError(track.url.removeprefix("fail:") or "this track cannot be read")
-        self.opened.append((track.title, start, volume))
+        self.streams_opened += 1
+        if self.record:
+            self.opened.append((track.title, start, volume))
         frames = self._frames(track, start)
         try:
             # A real source holds a nursery (ffmpeg's stderr reader); so does this one, so that
@@ -109,7 +125,9 @@ class FakeFrameSource:
                 yield frames
         finally:
             await frames.aclose()
-            self.closed.append(track.title)
+            self.streams_closed += 1
+            if self.record:
+                self.closed.append(track.title)
 
     async def _frames(self, track: Track, start: float) -> AsyncGenerator[bytes, None]:
         total = math.ceil((track.duration or 1.0) / FRAME_SECONDS)

@@ -16,6 +16,7 @@ too, which is why the baseline is taken with the same guilds in voice as after.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
 from collections.abc import Collection
@@ -52,41 +53,62 @@ class Census:
         return found
 
 
-def _task_names() -> Counter[str]:
+IO_TASK = "trio_asyncio.BaseTrioEventLoop._io_task"
+"""trio-asyncio's task waiting on one socket for asyncio (one per open connection end)."""
+
+
+def _task_names(skip_fds: Collection[int] = ()) -> Counter[str]:
+    """Every task's short name, less trio-asyncio's I/O tasks waiting on `skip_fds`."""
     names: Counter[str] = Counter()
     pending = [trio.lowlevel.current_root_task()]
     while pending:
         task = pending.pop()
         if task is None:
             continue
-        names[_short(task.name)] += 1
+        if not (skip_fds and _io_task_fd(task) in skip_fds):
+            names[_short(task.name)] += 1
         for nursery in task.child_nurseries:
             pending.extend(nursery.child_tasks)
     return names
 
 
+def _io_task_fd(task: trio.lowlevel.Task) -> int | None:
+    """The descriptor a trio-asyncio I/O task waits on; None for any other task."""
+    frame = getattr(task.coro, "cr_frame", None)
+    if not task.name.startswith(IO_TASK) or frame is None:
+        return None
+    fd = frame.f_locals.get("fd")
+    return fd if isinstance(fd, int) else getattr(fd, "fileno", lambda: None)()
+
+
+_HEX_IDS = re.compile(r"[0-9a-f]{8,}")
+"""Hashes and random suffixes in names, such as a song writer's temporary file
+("flush .<sha1>.<random>.part"): the same song played again gets a new one."""
+
+
 def _short(name: str) -> str:
     """A task's name without the addresses and ids that make every instance unique."""
     head = name.split(" at 0x")[0]
-    return head.split("(")[0] if "GuildPlayer" not in head else head
+    if "GuildPlayer" in head:  # by guild id, so that a leaked player says which
+        return head
+    return _HEX_IDS.sub("#", head.split("(")[0])
 
 
 def census(*, ignore_ports: Collection[int] = ()) -> Census:
-    """This process now; call it from within Trio. TCP sockets from or to `ignore_ports` are
-    not counted: pass the loopback Discord's REST port (`rest_port(discord)`), since aiohttp
-    keeps idle HTTP connections for up to 31 s on a timer of its own (the soak benchmark
-    watches those over time)."""
+    """This process now; call it from within Trio. TCP sockets from or to `ignore_ports`, and
+    trio-asyncio's tasks waiting on them, are not counted: pass the loopback Discord's REST
+    port (`rest_port(discord)`), since aiohttp keeps idle HTTP connections for up to 31 s on a
+    timer of its own (the soak benchmark watches those over time)."""
     process = psutil.Process()
     with process.oneshot():
         children = len(process.children(recursive=True))
         fds = process.num_fds()
-        if ignore_ports:
-            fds -= sum(
-                1
-                for conn in process.net_connections(kind="tcp")
-                if _port(conn.laddr) in ignore_ports or _port(conn.raddr) in ignore_ports
-            )
-    return Census(_task_names(), children, fds, _busy_threads())
+        ignored = {
+            conn.fd
+            for conn in (process.net_connections(kind="tcp") if ignore_ports else ())
+            if _port(conn.laddr) in ignore_ports or _port(conn.raddr) in ignore_ports
+        }
+    return Census(_task_names(ignored), children, fds - len(ignored), _busy_threads())
 
 
 def _busy_threads() -> int:
