@@ -65,8 +65,10 @@ async def test_warm_list_stats_verify_and_clear(tmp_path: Path) -> None:
 
 async def test_a_store_in_use_is_one_clear_line(tmp_path: Path) -> None:
     env = environment(tmp_path)
-    async with open_store(tmp_path / "cache"):
-        done = await trio.to_thread.run_sync(cache, env, "stats")
+    async with open_store(tmp_path / "cache"):  # a bot has it open
+        done = await trio.to_thread.run_sync(cache, env, "clear")  # needs it to itself
+        shared = await trio.to_thread.run_sync(cache, env, "stats")  # shares it
+    assert shared.returncode == 0 and json.loads(shared.stdout)["entries"] == 0
     assert done.returncode == 1
     assert done.stderr.startswith("musicbot: another musicbot is using the cache directory")
     assert "Traceback" not in done.stderr

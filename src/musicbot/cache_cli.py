@@ -1,7 +1,8 @@
 """`musicbot cache stats | list | verify | clear | warm FILE`: the song store, for operators.
 
-It opens the store directly, so the bot must not be running on the same cache directory (the
-store's lock says so in one line); while it runs, /resources shows the store.
+Each opens the store directly. All but `clear` share it with running bots (the store's locks
+keep a song being played from being deleted, and give each song one writer); `clear` needs the
+store to itself, so it refuses, in one line, while a bot has the cache directory open.
 """
 
 from __future__ import annotations
@@ -9,16 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import attrs
 import trio
 
 from musicbot.app import frame_source_for, open_song_store, resolver_for
-from musicbot.audio.store import ProcessedSongStore
+from musicbot.audio.store import ProcessedSongStore, StoreLocked, open_store
 from musicbot.audio.stored import open_store_backed_source
-from musicbot.config import Settings
+from musicbot.config import Settings, StartupError
 from musicbot.core.ports import ResolveError
 from musicbot.dpy.render import format_duration
 
@@ -32,7 +34,7 @@ def add_cache_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     actions.add_parser("stats", help="entries, bytes, hits and failures, as JSON")
     actions.add_parser("list", help="the stored songs, most recently played first")
     actions.add_parser("verify", help="check every file's checksum; drop damaged ones")
-    actions.add_parser("clear", help="delete every stored song")
+    actions.add_parser("clear", help="delete every stored song (with no bot running on it)")
     warm = actions.add_parser("warm", help="resolve and store the songs listed in a file")
     warm.add_argument("file", help="one query or URL per line ('#' starts a comment)")
 
@@ -42,7 +44,6 @@ def cache_command(settings: Settings, args: argparse.Namespace) -> int:
         "stats": _stats,
         "list": _list,
         "verify": _verify,
-        "clear": _clear,
     }
     if args.action == "warm":
         listing = Path(args.file)
@@ -53,6 +54,8 @@ def cache_command(settings: Settings, args: argparse.Namespace) -> int:
             return 2
         queries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
         return trio.run(_warm, settings, queries)
+    if args.action == "clear":
+        return trio.run(_clear, settings)
     action = actions[args.action]
 
     async def run() -> int:
@@ -60,6 +63,26 @@ def cache_command(settings: Settings, args: argparse.Namespace) -> int:
             return await action(store)
 
     return trio.run(run)
+
+
+@asynccontextmanager
+async def _store_to_ourselves(settings: Settings) -> AsyncIterator[ProcessedSongStore]:
+    """The store with no other process on it (the store's lock, exclusively)."""
+    store = open_store(
+        settings.cache_dir,
+        max_bytes=settings.store_max_bytes,
+        max_track_seconds=settings.store_max_track_duration,
+        exclusive=True,
+    )
+    async with AsyncExitStack() as stack:
+        try:  # only opening: nothing the body raises is about the lock
+            opened = await stack.enter_async_context(store)
+        except StoreLocked:
+            raise StartupError(
+                f"another musicbot is using the cache directory {settings.cache_dir}: stop it"
+                " first (`musicbot cache clear` needs the store to itself)"
+            ) from None
+        yield opened
 
 
 async def _stats(store: ProcessedSongStore) -> int:
@@ -86,18 +109,22 @@ async def _verify(store: ProcessedSongStore) -> int:
             f"the index was damaged: rebuilt from the song files ({rebuilt.songs} kept,"
             f" {rebuilt.unreadable} unreadable deleted); the damaged one is {rebuilt.damaged_copy}"
         )
-    report = await store.verify_all()
+    report = await store.verify_all()  # drops the damaged songs that no bot is playing
+    kept = {song.key for song in await store.songs()}
     for key in report.corrupt:
-        await store.drop(key)
-        print(f"damaged, dropped: {key}")
+        if key in kept:
+            print(f"damaged, in use by a bot (dropped at its next lookup): {key}")
+        else:
+            print(f"damaged, dropped: {key}")
     print(f"{report.checked} checked, {len(report.corrupt)} damaged")
     return 1 if report.corrupt or rebuilt is not None else 0
 
 
-async def _clear(store: ProcessedSongStore) -> int:
-    songs = await store.songs()
-    for song in songs:
-        await store.drop(song.key)
+async def _clear(settings: Settings) -> int:
+    async with _store_to_ourselves(settings) as store:
+        songs = await store.songs()
+        for song in songs:
+            await store.drop(song.key)
     print(f"deleted {len(songs)} songs")
     return 0
 

@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from musicbot.audio.ffmpeg import FfmpegSource
-from musicbot.audio.store import ProcessedSongStore, StoredSongError
+from musicbot.audio.store import ProcessedSongStore, StoredSong, StoredSongError
 from musicbot.core.messages import Track
 from musicbot.core.ports import SourceError
 from musicbot.core.services import open_service_nursery
@@ -83,27 +83,14 @@ class StoreBackedSource:
         # Only songs the resolver could name are kept: a bare stream URL may never come again.
         key = self._store.key_for(track) if track.key else None
         song = await self._store.lookup(key) if key is not None else None
-        if song is not None and key is not None:
-            if start == 0 and volume == 100:
-                try:
-                    stream = self._store.open_stored(song)
-                    async with stream as packets:
-                        self._from_store += 1
-                        # Bookkeeping for eviction: not worth delaying the first frame for.
-                        self._copies.start_soon(self._store.mark_played, key)
-                        yield _Guarded(packets, self._store, self._copies)
+        if song is not None:
+            async with contextlib.AsyncExitStack() as stack:
+                stored = await self._open_stored(stack, song, track, start, volume)
+                if stored is not None:
+                    # Bookkeeping for eviction: not worth delaying the first frame for.
+                    self._copies.start_soon(self._store.mark_played, song.key)
+                    yield stored
                     return
-                except StoredSongError as damaged:
-                    if damaged.key != key:
-                        raise
-                    await self._store.drop(key)  # it was damaged before a frame went out
-            else:
-                local = attrs.evolve(track, url=str(song.path))
-                async with self._ffmpeg.open(local, start=start, volume=volume) as frames:
-                    self._from_store_file += 1
-                    self._copies.start_soon(self._store.mark_played, key)
-                    yield frames
-                return
         async with self._ffmpeg.open(track, start=start, volume=volume) as frames:
             self._from_network += 1
             copying = key is not None and start == 0 and volume == 100 and key not in self._warming
@@ -120,6 +107,43 @@ class StoreBackedSource:
                 yield tee
                 if tee.complete:
                     copy_tx.send_nowait(None)
+
+    async def _open_stored(
+        self,
+        stack: contextlib.AsyncExitStack,
+        song: StoredSong,
+        track: Track,
+        start: float,
+        volume: int,
+    ) -> AsyncIterator[bytes] | None:
+        """The frames of a stored song, open in `stack`: read straight from its file at volume
+        100 from the start, else transcoded from it by ffmpeg, holding the file meanwhile. None
+        if the file turned out damaged (dropped: the song plays from the network) or a process
+        is deleting it."""
+        try:
+            if start == 0 and volume == 100:
+                guarded = _Guarded()
+                # Pushed first, so it runs once the file is closed: a drop skips a file in use.
+                stack.push_async_callback(self._drop_if_damaged, guarded)
+                guarded.packets = await stack.enter_async_context(self._store.open_stored(song))
+                self._from_store += 1
+                return guarded
+            await stack.enter_async_context(self._store.holding(song))
+        except StoredSongError as damaged:
+            if damaged.key != song.key:
+                raise
+            await self._store.drop(song.key)  # damaged before a frame went out, or being deleted
+            return None
+        local = attrs.evolve(track, url=str(song.path))
+        frames = await stack.enter_async_context(
+            self._ffmpeg.open(local, start=start, volume=volume)
+        )
+        self._from_store_file += 1
+        return frames
+
+    async def _drop_if_damaged(self, guarded: _Guarded) -> None:
+        if guarded.damaged_key is not None:
+            self._copies.start_soon(self._store.drop, guarded.damaged_key)
 
     async def _keep(
         self, key: str, track: Track, packets: trio.MemoryReceiveChannel[bytes | None]
@@ -208,24 +232,22 @@ class _Tee:
 
 
 class _Guarded:
-    """A stored song's packets; a file found damaged mid-song is dropped from the store and
-    ends the track with a plain SourceError (it is fetched again the next time)."""
+    """A stored song's packets; a file found damaged mid-song ends the track with a plain
+    SourceError, and is dropped from the store once closed (it is fetched again next time)."""
 
-    def __init__(
-        self, packets: AsyncIterator[bytes], store: ProcessedSongStore, nursery: trio.Nursery
-    ) -> None:
-        self._packets = packets
-        self._store = store
-        self._nursery = nursery
+    def __init__(self) -> None:
+        self.packets: AsyncIterator[bytes] | None = None
+        self.damaged_key: str | None = None
 
     def __aiter__(self) -> _Guarded:
         return self
 
     async def __anext__(self) -> bytes:
+        assert self.packets is not None, "read before the stored song was opened"
         try:
-            return await self._packets.__anext__()
+            return await self.packets.__anext__()
         except StoredSongError as damaged:
-            self._nursery.start_soon(self._store.drop, damaged.key)
+            self.damaged_key = damaged.key
             raise SourceError("the stored copy of this song was damaged; play it again") from None
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
-from musicbot.audio.store import StoredSong, open_store
+from musicbot.audio.store import StoredSong, StoredSongError, open_store
 
 StoreSong = Callable[..., Awaitable[StoredSong]]
 
@@ -98,3 +99,25 @@ async def test_a_smaller_budget_evicts_at_open(
         statistics = store.statistics()
         assert (statistics.entries, statistics.bytes, statistics.evictions) == (1, size, 2)
         assert await store.lookup("song-c") is not None
+
+
+async def test_a_song_held_for_ffmpeg_is_neither_evicted_nor_dropped(
+    tmp_path: Path, tone_packets: list[bytes], store_song: StoreSong
+) -> None:
+    """`holding` (ffmpeg reads the file by its name, for a seek or a volume) keeps the file as
+    reading it does; a song being deleted, or gone, cannot be held."""
+    packets = tone_packets[:100]
+    size = await song_size(tmp_path, packets, store_song)
+    async with open_store(tmp_path / "store", max_bytes=size + size // 2) as store:
+        first = await store_song(store, "song-a", packets)
+        async with store.holding(first):
+            assert store.statistics().reading == 1
+            assert not await store.drop("song-a")
+            await store_song(store, "song-b", packets)  # over budget: song-a is held
+            assert await store.lookup("song-a") is not None
+            assert first.path.exists()
+        assert store.statistics().reading == 0
+        assert await store.drop("song-a")
+        with pytest.raises(StoredSongError, match="fetched again"):
+            async with store.holding(first):
+                pass  # pragma: no cover

@@ -227,12 +227,18 @@ async def test_misuse_of_a_writer_raises(store_dir: Path, tone_packets: list[byt
             writer.add(tone_packets[1])
 
 
-async def test_a_second_process_cannot_open_the_same_store(store_dir: Path) -> None:
-    async with open_store(store_dir):
-        with pytest.raises(StoreLocked):
+async def test_the_store_is_shared_except_with_who_needs_it_to_itself(store_dir: Path) -> None:
+    """Two opens share the store (flocks on separate descriptors exclude each other within a
+    process as across processes; test_shared_store.py does it with processes)."""
+    async with open_store(store_dir), open_store(store_dir):
+        with pytest.raises(StoreLocked, match="stop the musicbot processes using it first"):
+            async with open_store(store_dir, exclusive=True):
+                pass  # pragma: no cover
+    async with open_store(store_dir, exclusive=True):  # released on close
+        with pytest.raises(StoreLocked, match=r"to itself .* try again once it is done"):
             async with open_store(store_dir):
                 pass  # pragma: no cover
-    async with open_store(store_dir):  # released on close
+    async with open_store(store_dir), open_store(store_dir):
         pass
 
 

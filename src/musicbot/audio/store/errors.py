@@ -22,7 +22,14 @@ class StoredSongError(SourceError):
 
 
 class StoreLocked(RuntimeError):
-    """Another process has this store directory open."""
+    """The store directory cannot be opened as asked: an operation that needs it to itself
+    (`open_store(..., exclusive=True)`, e.g. `musicbot cache clear`) while other processes have
+    it open, or any opening while such an operation runs. The message says which."""
+
+
+class IndexBusy(sqlite3.OperationalError):
+    """Another process held the index to itself (swapping in a rebuilt index) for longer than
+    a write may wait. Like SQLite's "database is locked": the write is bookkeeping lost."""
 
 
 class IndexVersionError(RuntimeError):

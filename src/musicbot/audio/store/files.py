@@ -3,9 +3,10 @@ threads).
 
     <directory>/
       index.sqlite3 (-wal, -shm)    the SongIndex
-      lock                          held (flock) by the process that has the store open
+      lock, index.lock              the store's and the index's locks (see locks.py)
+      locks/<40 hex>.lock           a song's write lock, while someone writes or deletes it
       songs/<40 hex>.opus           one finished song: sha256(key), first 160 bits
-      songs/.<40 hex>.<8 hex>.part  a song being written; never read, deleted at startup
+      songs/.<40 hex>.part          a song being written; never read
 """
 
 from __future__ import annotations
@@ -13,17 +14,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import secrets
 import sys
 from pathlib import Path
 
 import attrs
 
-from musicbot.audio.store.errors import StoreLocked
-
 INDEX_NAME = "index.sqlite3"
-LOCK_NAME = "lock"
 SONGS_DIR = "songs"
+LOCKS_DIR = "locks"
 SONG_SUFFIX = ".opus"
 TEMP_SUFFIX = ".part"
 
@@ -36,9 +34,26 @@ def song_name(key: str) -> str:
 
 
 def temp_name(key: str) -> str:
-    """A fresh temporary file name for a song being written under `key`."""
-    stem = song_name(key).removesuffix(SONG_SUFFIX)
-    return f".{stem}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    """The temporary file name of the song being written under `key`. One name per key: only
+    the holder of the key's write lock writes it (see locks.py)."""
+    return f".{song_stem(song_name(key))}{TEMP_SUFFIX}"
+
+
+def song_stem(name: str) -> str:
+    """The 40 hex digits that name a song: of `<stem>.opus`, or of a temporary file
+    `.<stem>.part` (or `.<stem>.<8 hex>.part`, as older versions named them)."""
+    if name.endswith(TEMP_SUFFIX):
+        return name.lstrip(".").split(".")[0]
+    return name.removesuffix(SONG_SUFFIX)
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` names now (device, inode); None if none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def create_exclusive(path: Path) -> int:
@@ -67,26 +82,6 @@ def fsync_directory(directory: Path) -> None:
             raise
     finally:
         os.close(fd)
-
-
-def lock_directory(directory: Path) -> int:
-    """Take the store's lock file; StoreLocked if another process holds it. Returns the
-    descriptor to pass to `unlock`; the kernel drops the lock if the process dies."""
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(directory / LOCK_NAME, flags, 0o644)
-    if sys.platform != "win32":
-        import fcntl
-
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreLocked(f"another process is using the store in {directory}") from None
-    return fd
-
-
-def unlock(fd: int) -> None:
-    os.close(fd)  # closing the descriptor releases the flock
 
 
 @attrs.frozen

@@ -3,8 +3,9 @@
 Synchronous and blocking: the store calls it from worker threads (`trio.to_thread.run_sync`).
 Two connections, each opened with `check_same_thread=False` and guarded by a lock of its own:
 one writes, one reads. In WAL mode a reader never waits for a writer, so while a write waits
-for a lock another process holds (an operator's `sqlite3` shell, a backup), lookups go on.
-A write waits at most `WRITE_TIMEOUT` for such a lock, then fails with "database is locked".
+for a lock another process holds (another musicbot's write, an operator's `sqlite3` shell, a
+backup), lookups go on. A write waits at most `WRITE_TIMEOUT` for such a lock, then fails with
+"database is locked". Several processes may have the index open at once (see docs/store.md).
 
 `SongIndex.open` raises `IndexDamaged` when the file is not a database or fails SQLite's
 `quick_check`; `is_damaged(error)` tells such errors apart later (the store rebuilds the index).
@@ -125,6 +126,9 @@ class SongIndex:
             migrate(writer, MIGRATIONS if migrations is None else migrations)
             reader = _connect(path, READ_TIMEOUT, connections)
             reader.execute("PRAGMA query_only=ON")
+            # A first read opens the WAL and its shared memory now, by name: later on, another
+            # process may swap in a rebuilt index under that name (see the store's index gate).
+            reader.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         except BaseException as exc:
             for db in connections:
                 db.close()
@@ -210,6 +214,11 @@ class SongIndex:
                 f"SELECT {_SONG_COLUMNS} FROM songs ORDER BY last_played, created, key"
             ).fetchall()
         return [self._song(row) for row in rows]
+
+    def names(self, file: str) -> bool:
+        """Whether a row names the song file `file` (a name in the songs directory)."""
+        with self._reading() as db:
+            return db.execute("SELECT 1 FROM songs WHERE file = ?", (file,)).fetchone() is not None
 
     def totals(self) -> tuple[int, int]:
         """(entries, bytes) of all rows."""
@@ -298,8 +307,9 @@ def migrate(db: sqlite3.Connection, migrations: dict[int, Migration]) -> int:
     for version in range(current + 1, target + 1):
         db.execute("BEGIN IMMEDIATE")
         try:
-            migrations[version](db)
-            db.execute(f"PRAGMA user_version = {version:d}")
+            if schema_version(db) < version:  # another process may have migrated it meanwhile
+                migrations[version](db)
+                db.execute(f"PRAGMA user_version = {version:d}")
         except BaseException:
             db.execute("ROLLBACK")
             raise

@@ -20,6 +20,7 @@ from functools import partial
 import trio
 
 from musicbot.audio.ogg import OggError
+from musicbot.audio.store import locks
 from musicbot.audio.store.errors import StoredSongError
 from musicbot.audio.store.oggcheck import CHUNK_SIZE, VerifyingDemuxer
 from musicbot.audio.store.oggwrite import OPUS_SAMPLE_RATE
@@ -134,13 +135,17 @@ async def open_stored_stream(
 ) -> AsyncIterator[StoredStream]:
     """The packets of `song` from `start` seconds (from the packet holding that instant).
 
-    Raises StoredSongError (after telling `on_error`) if the file cannot be read from the start.
+    Raises StoredSongError (after telling `on_error`) if the file cannot be read from the start,
+    and (without telling) if a process is deleting it. The file is held shared (locks.py) until
+    the context ends, so that no process deletes it meanwhile.
     """
     if not start >= 0:
         raise ValueError(f"start must be a number of seconds >= 0, got {start}")
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
-        fd = await trio.to_thread.run_sync(os.open, song.path, flags, limiter=limiter)
+        # Held shared while it is read: no process deletes a song being played.
+        fd = await trio.to_thread.run_sync(locks.open_shared, song.path, limiter=limiter)
+    except locks.SongBeingDeleted:  # evicted or dropped under us: not damaged
+        raise StoredSongError(song.key, "it is being deleted") from None
     except OSError as exc:
         error = StoredSongError(song.key, f"cannot open {song.path}: {exc}")
         on_error(error)
@@ -159,4 +164,4 @@ async def open_stored_stream(
             await stream.wait_first()
             yield stream
     finally:
-        os.close(fd)  # the reader's thread has returned: its task waited for it
+        os.close(fd)  # (lets go of the lock) the reader's thread has returned: its task waited

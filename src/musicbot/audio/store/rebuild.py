@@ -6,7 +6,10 @@ SHA-256. So a damaged `index.sqlite3` costs nothing but play counts and the reso
 cache: the rows are written into a fresh database beside it, the damaged one is moved aside
 (`index.sqlite3.damaged`, for whoever wants to look at it) and the fresh one renamed into
 place. Until that rename the damaged index stays where it was, so a rebuild cut short (a
-crash, a shutdown) is simply done again at the next open.
+crash, a shutdown) is simply done again at the next open. Other processes sharing the store
+may have the damaged index open: the store swaps holding the index gate exclusively (so none
+writes to it or closes it meanwhile), and they open the fresh one at their next index call
+(see locks.py and docs/store.md).
 
 All synchronous and blocking: the store calls these from worker threads, one file at a time.
 """

@@ -18,6 +18,11 @@ is atomic (temporary file, fsync, rename, then the index row); opening the store
 index with the files, so a crash at any point leaves no half-written song; past `max_bytes`, the
 least recently played songs are evicted, never one being read. See docs/store.md.
 
+Several processes (a bot's shard processes, `musicbot cache warm`) may have one directory open
+at once: the locks in `locks.py` give each song one writer across processes, keep a song being
+read anywhere from being deleted, and let one process swap in a rebuilt index under the others.
+Decisions about every process's songs (eviction) are taken on the index, never on counters.
+
 The index is bookkeeping, never a reason for a song not to play: an index call that fails (a
 lock another process holds, a damaged file, an I/O error) is logged (once a minute at most) and
 counted, and the caller gets a miss, a refused writer, a play not counted. A damaged index is
@@ -28,6 +33,8 @@ the store's own background task, lookups answering misses meanwhile.
 from __future__ import annotations
 
 import collections
+import contextlib
+import enum
 import json
 import logging
 import math
@@ -35,7 +42,7 @@ import os
 import sqlite3
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Literal, TypeVar, TypeVarTuple, Unpack
@@ -43,14 +50,15 @@ from typing import Literal, TypeVar, TypeVarTuple, Unpack
 import trio
 
 from musicbot.audio.ogg import OggError
-from musicbot.audio.store import files
-from musicbot.audio.store.errors import IndexDamaged, StoredSongError
-from musicbot.audio.store.index import SongIndex, is_damaged
+from musicbot.audio.store import files, locks
+from musicbot.audio.store.errors import IndexBusy, IndexDamaged, StoredSongError
+from musicbot.audio.store.index import WRITE_TIMEOUT, SongIndex, is_damaged
 from musicbot.audio.store.keys import track_key
 from musicbot.audio.store.oggcheck import FileCheck, check_file
 from musicbot.audio.store.oggwrite import DEFAULT_PRE_SKIP, OPUS_SAMPLE_RATE, OggOpusWriter
 from musicbot.audio.store.reader import StoredStream, open_stored_stream
 from musicbot.audio.store.rebuild import replace_index, song_from_file
+from musicbot.audio.store.reconcile import reconcile
 from musicbot.audio.store.values import (
     RebuildReport,
     ReconcileReport,
@@ -74,6 +82,22 @@ DEFAULT_MAX_TRACK_SECONDS = 3600.0
 TROUBLE_LOG_INTERVAL = 60.0
 """Seconds between warnings about the index failing (the rest log at debug level)."""
 
+CLOSE_GATE_WAIT = 10.0
+"""Seconds closing the index waits for another process swapping in a rebuilt one (a swap takes
+milliseconds; past this the index is closed anyway)."""
+
+
+class _IndexReplaced(sqlite3.OperationalError):
+    """Another process swapped in a rebuilt index since this one opened it."""
+
+
+class _Removal(enum.Enum):
+    DELETED = "deleted"
+    GONE = "gone"
+    """No such row, or not the row asked for: deleted or replaced meanwhile."""
+    IN_USE = "in use"
+    """Someone, in some process, is reading, writing or deleting it: left alone."""
+
 
 @asynccontextmanager
 async def open_store(
@@ -83,12 +107,15 @@ async def open_store(
     max_track_seconds: float = DEFAULT_MAX_TRACK_SECONDS,
     clock: Callable[[], float] = time.time,
     io_threads: int = 4,
+    exclusive: bool = False,
 ) -> AsyncIterator[ProcessedSongStore]:
     """Open (creating it if needed) the store in `directory` for the life of the context.
 
-    Takes the directory's lock (StoreLocked if another process has it), opens the index,
-    reconciles it with the files (`store.reconciled` says what was cleaned up) and evicts down
-    to `max_bytes`. `clock` gives the wall-clock seconds recorded as created and last played.
+    Takes the directory's lock: shared, so that other processes may use the store at the same
+    time, or with `exclusive` for an operation that needs the store to itself (StoreLocked if
+    that cannot be had now). Opens the index, reconciles it with the files (`store.reconciled`
+    says what was cleaned up) and evicts down to `max_bytes`. `clock` gives the wall-clock
+    seconds recorded as created and last played.
     """
     store = ProcessedSongStore(
         Path(directory),
@@ -96,6 +123,7 @@ async def open_store(
         max_track_seconds=max_track_seconds,
         clock=clock,
         io_threads=io_threads,
+        exclusive=exclusive,
     )
     await store._open()
     try:
@@ -120,6 +148,7 @@ class ProcessedSongStore:
         max_track_seconds: float,
         clock: Callable[[], float],
         io_threads: int,
+        exclusive: bool = False,
     ) -> None:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
@@ -127,6 +156,8 @@ class ProcessedSongStore:
             raise ValueError(f"max_track_seconds must be positive, got {max_track_seconds}")
         self.directory = directory
         self.songs_dir = directory / files.SONGS_DIR
+        self.locks_dir = directory / files.LOCKS_DIR
+        self.exclusive = exclusive
         self.max_bytes = max_bytes
         self.max_track_seconds = max_track_seconds
         self._clock = clock
@@ -142,6 +173,11 @@ class ProcessedSongStore:
             self._after_commit,
         )
         self._index: SongIndex | None = None
+        self._index_identity: tuple[int, int] | None = None
+        """Which file the open index is (see `files.identity`): another process may swap in a
+        rebuilt one under the same name."""
+        self._gate: locks.IndexGate | None = None
+        """The index's lock across processes; used only by the holder of `_write_limiter`."""
         self._lock_fd: int | None = None
         self._housekeeping: trio.Nursery | None = None
         """Where a damaged index is rebuilt while the store runs."""
@@ -173,17 +209,17 @@ class ProcessedSongStore:
     async def _open(self) -> None:
         self._lock_fd = await trio.to_thread.run_sync(self._lock_directory)
         try:
+            self._gate = await trio.to_thread.run_sync(locks.IndexGate.open, self.directory)
             try:
-                self._index = await trio.to_thread.run_sync(
-                    SongIndex.open, self._index_path, self.songs_dir
-                )
-                self.reconciled = await self._write(self._reconcile)
+                async with self._index_gate(exclusive=self._index_is_new()):
+                    await trio.to_thread.run_sync(self._open_index_file)
             except sqlite3.Error as exc:
-                if not is_damaged(exc):
-                    raise
-                log.error("store: the index is damaged (%s): rebuilding it from the songs", exc)
-                await self._rebuild()
-                self.reconciled = await self._write(self._reconcile)
+                await self._rebuild_if_damaged(exc)
+            try:
+                self.reconciled = await self._reconcile()
+            except sqlite3.Error as exc:
+                await self._rebuild_if_damaged(exc)
+                self.reconciled = await self._reconcile()
             self._entries, self._bytes = await self._read(SongIndex.totals)
             if self.reconciled != ReconcileReport(0, 0, 0):
                 log.info("store %s: cleaned up at startup: %s", self.directory, self.reconciled)
@@ -195,53 +231,91 @@ class ProcessedSongStore:
                 await self._close()
             raise
 
+    async def _rebuild_if_damaged(self, error: sqlite3.Error) -> None:
+        """At open: rebuild the index if `error` says it is damaged, else raise `error`."""
+        if not is_damaged(error):
+            raise error
+        log.error("store: the index is damaged (%s): rebuilding it from the songs", error)
+        await self._rebuild()
+
     def _lock_directory(self) -> int:
         self.songs_dir.mkdir(parents=True, exist_ok=True)
-        return files.lock_directory(self.directory)
+        self.locks_dir.mkdir(exist_ok=True)
+        return locks.lock_store(self.directory, exclusive=self.exclusive)
 
     async def _close(self) -> None:
-        index, self._index = self._index, None
-        if index is not None:
-            await trio.to_thread.run_sync(index.close, limiter=self._write_limiter)
+        index, gate = self._index, self._gate
+        if index is not None and gate is not None:
+            async with self._write_limiter, self._read_limiter:
+                # Not while another process swaps in a rebuilt index: SQLite's last close deletes
+                # the -wal and -shm files by name.
+                held = await _wait_for(gate.try_shared, CLOSE_GATE_WAIT)
+                try:
+                    await trio.to_thread.run_sync(index.close)
+                finally:
+                    if held:
+                        gate.release()
+        self._index = self._gate = None
+        if gate is not None:
+            gate.close()
         lock_fd, self._lock_fd = self._lock_fd, None
         if lock_fd is not None:
-            files.unlock(lock_fd)
+            os.close(lock_fd)  # lets go of the store's lock
 
-    def _reconcile(self, index: SongIndex) -> ReconcileReport:
-        """Make the index and the songs directory agree (blocking; at open)."""
-        listing = files.list_songs(self.songs_dir)
-        for name in listing.temporary:
-            files.remove(self.songs_dir / name)
-        orphan_rows = 0
-        named: set[str] = set()
-        for song in index.songs():
-            named.add(song.path.name)
-            size = listing.songs.get(song.path.name)
-            if size == song.size:
-                continue
-            log.warning(
-                "store: dropping %r: its file %s is %s",
-                song.key,
-                song.path.name,
-                "missing" if size is None else f"{size} bytes, not {song.size}",
-            )
-            index.delete(song.key)
-            files.remove(song.path)
-            orphan_rows += 1
-        # A whole song without its row (a crash between the rename and the row, an index that
-        # lost rows or was emptied) is indexed again; anything else that is not ours goes.
-        found = [
-            song_from_file(self.songs_dir / name) for name in listing.songs if name not in named
-        ]
-        adopted = [song for song in found if song is not None]
-        if adopted:
-            index.put(*adopted)
-            named.update(song.path.name for song in adopted)
-            log.info("store: indexed %d song files that had no row again", len(adopted))
-        orphans = [name for name in listing.songs if name not in named] + list(listing.other)
-        for name in orphans:
-            files.remove(self.songs_dir / name)
-        return ReconcileReport(len(orphans), orphan_rows, len(listing.temporary), len(adopted))
+    @asynccontextmanager
+    async def _index_gate(self, *, exclusive: bool) -> AsyncIterator[None]:
+        """Hold the index to this task in this process (no index call meanwhile), and the
+        gate across processes: shared to open the index (no swap meanwhile), exclusive to
+        create one or swap one in. Waits for whoever holds it otherwise."""
+        gate = self._gate
+        if gate is None:
+            raise RuntimeError(f"the store in {self.directory} is closed")
+        async with self._write_limiter, self._read_limiter:
+            await _wait_for(gate.try_exclusive if exclusive else gate.try_shared, math.inf)
+            try:
+                yield
+            finally:
+                gate.release()
+
+    def _index_is_new(self) -> bool:
+        """Whether opening the index creates it (putting it in WAL mode needs it alone)."""
+        try:
+            return self._index_path.stat().st_size == 0
+        except FileNotFoundError:
+            return True
+
+    def _open_index_file(self) -> None:
+        """(Re)open the index at its name, closing the one open (blocking; call holding the
+        index gate). Its identity is taken first: if the file cannot be opened, a
+        rebuild knows it is the one to replace."""
+        old, self._index = self._index, None
+        if old is not None:
+            with contextlib.suppress(sqlite3.Error):
+                old.close()
+        self._index_identity = files.identity(self._index_path)
+        self._index = SongIndex.open(self._index_path, self.songs_dir)
+        self._index_identity = files.identity(self._index_path)  # it may have just been made
+
+    def _index_replaced(self) -> bool:
+        return files.identity(self._index_path) != self._index_identity
+
+    async def _reopen_index(self) -> None:
+        """Open the index another process swapped in (a rebuilt one) instead of ours."""
+        async with self._index_gate(exclusive=self._index_is_new()):
+            if not self._index_replaced():  # another task of ours reopened it meanwhile
+                return
+            log.warning("store: another process rebuilt the index %s: opening it", self._index_path)
+            with trio.CancelScope(shield=True):  # never left without an index
+                await trio.to_thread.run_sync(self._open_index_file)
+
+    async def _reconcile(self) -> ReconcileReport:
+        """Make the index and the songs directory agree (at open). Waits while another
+        process swaps in a rebuilt index (an index write that gives up says IndexBusy)."""
+        while True:
+            try:
+                return await self._write(reconcile, self.songs_dir, self.locks_dir)
+            except IndexBusy:
+                await trio.sleep(locks.GATE_POLL)
 
     # --- keys and lookups ----------------------------------------------------------------------
 
@@ -302,10 +376,18 @@ class ProcessedSongStore:
         if self._index_damaged:
             return False
         try:
-            return await self._write(SongIndex.mark_played, key, self._clock())
+            played, (self._entries, self._bytes) = await self._write(
+                self._mark_played, key, self._clock()
+            )
         except sqlite3.Error as exc:
             self._index_failed(exc, f"count a play of {key!r}")
             return False
+        return played
+
+    @staticmethod
+    def _mark_played(index: SongIndex, key: str, now: float) -> tuple[bool, tuple[int, int]]:
+        # The totals too (every process's songs): the statistics stay near the index's.
+        return index.mark_played(key, now), index.totals()
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -344,18 +426,28 @@ class ProcessedSongStore:
             yield SongWriter(key, reason="the store's index is being rebuilt")
             return
         self._writing.add(key)  # before the await: two writers must not both pass the check
+        key_lock: int | None = None
         refusal = None
         try:
-            if await self._read(SongIndex.get, key) is not None:
+            key_lock = await trio.to_thread.run_sync(
+                self._lock_key_to_write, key, limiter=self._io_limiter
+            )
+            if key_lock is None:
+                # It plays from the network meanwhile: waiting could hold a song up for as
+                # long as the other process takes, and the next play finds its copy.
+                refusal = "another process is writing it"
+            elif await self._read(SongIndex.get, key) is not None:
                 refusal = "already stored"
+        except OSError as exc:
+            refusal = f"cannot lock it for writing: {exc}"
         except sqlite3.Error as exc:
             self._index_failed(exc, f"check whether {key!r} is stored")
             refusal = f"the store's index cannot be read: {exc}"
         except BaseException:
-            self._writing.discard(key)
+            await self._let_go_of_key(key, key_lock)
             raise
         if refusal is not None:
-            self._writing.discard(key)
+            await self._let_go_of_key(key, key_lock)
             yield SongWriter(key, reason=refusal)
             return
         try:
@@ -369,7 +461,34 @@ class ProcessedSongStore:
             async with open_writer(writer, self.songs_dir, files.temp_name(key)) as running:
                 yield running
         finally:
-            self._writing.discard(key)
+            # Only now: the row is in, or the temporary file is gone.
+            await self._let_go_of_key(key, key_lock)
+
+    def _lock_key_to_write(self, key: str) -> int | None:
+        """Take `key`'s write lock (None: another process has it) and delete the temporary
+        file a writer that died holding it may have left (blocking)."""
+        stem = files.song_stem(files.song_name(key))
+        fd = locks.try_lock_key(self.locks_dir, stem)
+        if fd is not None:
+            try:
+                files.remove(self.songs_dir / files.temp_name(key))
+            except BaseException:
+                locks.unlock_key(self.locks_dir, stem, fd)
+                raise
+        return fd
+
+    async def _let_go_of_key(self, key: str, fd: int | None) -> None:
+        self._writing.discard(key)
+        if fd is None:
+            return
+        stem = files.song_stem(files.song_name(key))
+        with trio.CancelScope(shield=True):  # a lock left held would refuse this key for good
+            try:
+                await trio.to_thread.run_sync(
+                    locks.unlock_key, self.locks_dir, stem, fd, limiter=self._io_limiter
+                )
+            except OSError as exc:
+                log.warning("store: could not let go of the lock on %r: %s", key, exc)
 
     async def _publish(self, key: str, temporary: Path, check: FileCheck, title: str) -> StoredSong:
         """Move a verified file into place and index it."""
@@ -433,8 +552,9 @@ class ProcessedSongStore:
         """The Opus packets of `song` from `start` seconds, read ahead in worker threads.
 
         Raises StoredSongError (on open, or from the iteration) when the file is missing,
-        truncated or corrupt: drop the entry (`await store.drop(song.key)`) and fetch again.
-        While the context is open the song is never evicted.
+        truncated or corrupt: drop the entry (`await store.drop(song.key)`) and fetch again; also
+        (on open) when a process is deleting it. While the context is open no process deletes
+        the song (its file is held shared).
         """
         return self._open_stored(song, start)
 
@@ -442,16 +562,49 @@ class ProcessedSongStore:
     async def _open_stored(self, song: StoredSong, start: float) -> AsyncIterator[StoredStream]:
         if song.key in self._doomed:
             raise StoredSongError(song.key, "it is being deleted")
-        self._reading[song.key] += 1
-        try:
+        with self._counted_reading(song.key):
             async with open_stored_stream(
                 song, start=start, limiter=self._io_limiter, on_error=self._found_damaged
             ) as stream:
                 yield stream
+
+    def holding(self, song: StoredSong) -> AbstractAsyncContextManager[None]:
+        """Keep `song`'s file from being deleted (evicted or dropped, by any process) for the
+        life of the context, for a reader that opens it by its name (ffmpeg). Raises
+        StoredSongError if the file is missing or a process is deleting it."""
+        return self._holding(song)
+
+    @asynccontextmanager
+    async def _holding(self, song: StoredSong) -> AsyncIterator[None]:
+        if song.key in self._doomed:
+            raise StoredSongError(song.key, "it is being deleted")
+        try:
+            fd = await trio.to_thread.run_sync(
+                locks.open_shared, song.path, limiter=self._io_limiter
+            )
+        except locks.SongBeingDeleted:
+            raise StoredSongError(song.key, "it is being deleted") from None
+        except OSError as exc:
+            error = StoredSongError(song.key, f"cannot open {song.path}: {exc}")
+            self._found_damaged(error)
+            raise error from exc
+        try:
+            with self._counted_reading(song.key):
+                yield
         finally:
-            self._reading[song.key] -= 1
-            if not self._reading[song.key]:
-                del self._reading[song.key]
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _counted_reading(self, key: str) -> Iterator[None]:
+        """Count a reader of `key` in this process: eviction here does not even try it (the
+        file's lock would stop it anyway), and statistics() shows it."""
+        self._reading[key] += 1
+        try:
+            yield
+        finally:
+            self._reading[key] -= 1
+            if not self._reading[key]:
+                del self._reading[key]
 
     def _found_damaged(self, error: StoredSongError) -> None:
         if error.key not in self._suspect:
@@ -463,23 +616,27 @@ class ProcessedSongStore:
     async def drop(self, key: str) -> bool:
         """Delete the entry of `key` and its file; False if there was none. Counted as a corrupt
         entry dropped when a reader found its file damaged."""
-        return await self._drop(key, reason="dropped")
+        return await self._drop(key, reason="dropped") is _Removal.DELETED
 
     async def verify(self, key: str) -> bool:
         """Read the whole file of `key`: Ogg structure, CRCs, packet count and SHA-256 against
-        the index. A file that fails is dropped. False if it failed or is not stored."""
+        the index. A file that fails is dropped (if a process is reading it, by the first lookup
+        after). False if it failed or is not stored."""
         song = await self._read(SongIndex.get, key)
         return song is not None and await self._verify(song) == "intact"
 
     async def verify_all(self) -> VerifyReport:
-        """`verify` every entry, one file at a time; the corrupt ones are dropped."""
+        """`verify` every entry, one file at a time; the corrupt ones are dropped (see
+        `verify`)."""
         songs = await self._read(SongIndex.songs)
         corrupt = [song.key for song in songs if await self._verify(song) == "corrupt"]
         return VerifyReport(len(songs), tuple(corrupt))
 
     async def _verify(self, song: StoredSong) -> Literal["intact", "corrupt", "gone"]:
         try:
-            check = await trio.to_thread.run_sync(check_file, song.path, limiter=self._io_limiter)
+            check = await trio.to_thread.run_sync(_check_held, song.path, limiter=self._io_limiter)
+        except locks.SongBeingDeleted:
+            return "gone"
         except (OSError, OggError) as exc:
             problem = str(exc)
         else:
@@ -488,76 +645,95 @@ class ProcessedSongStore:
                 return "intact"
             problem = f"{check.size} bytes, {check.packets} packets, sha256 {check.sha256[:12]}"
         reason = f"verification failed: {problem}"
-        # Not dropped: evicted or dropped meanwhile, so its file went away while being read.
-        dropped = await self._drop(song.key, only=song, reason=reason, corrupt=True)
-        return "corrupt" if dropped else "gone"
+        # Suspect until dropped: another process may be reading it; a later lookup drops it.
+        self._suspect.add(song.key)
+        removal = await self._drop(song.key, only=song, reason=reason, corrupt=True)
+        # Gone: evicted or dropped meanwhile, so its file went away while being read.
+        return "gone" if removal is _Removal.GONE else "corrupt"
 
     async def _drop(
         self, key: str, *, only: StoredSong | None = None, reason: str, corrupt: bool = False
-    ) -> bool:
-        """Delete `key`'s row and file (only if the row is still `only`, when given)."""
+    ) -> _Removal | None:
+        """Delete `key`'s row and file (only if the row is still `only`, when given). Not if
+        someone (in any process) is reading or writing it (IN_USE), nor if the index fails
+        (None): a suspect key stays suspect, and the next lookup or drop tries again."""
         corrupt = corrupt or key in self._suspect
         async with self._mutating:
             try:
-                dropped, totals = await self._write(self._delete, key, only)
-            except sqlite3.Error as exc:  # still suspect: the next lookup tries again
+                removal, totals = await self._write(self._delete, key, only)
+            except sqlite3.Error as exc:
                 self._index_failed(exc, f"drop {key!r}")
-                return False
+                return None
             self._entries, self._bytes = totals
+            if removal is _Removal.IN_USE:
+                log.info("store: not dropping %r yet (%s): it is in use", key, reason)
+                return removal
             self._suspect.discard(key)
-        if dropped is not None:
+        if removal is _Removal.DELETED:
             if corrupt:
                 self._corrupt_dropped += 1
                 log.warning("store: dropped %r: %s", key, reason)
             else:
                 log.info("store: dropped %r: %s", key, reason)
-        return dropped is not None
+        return removal
 
-    @staticmethod
     def _delete(
-        index: SongIndex, key: str, only: StoredSong | None
-    ) -> tuple[StoredSong | None, tuple[int, int]]:
-        """Delete the row, then the file: a crash in between leaves a file without its row,
-        which the next open indexes again if it reads back whole (and evicts again if need be),
-        or deletes."""
-        deleted = index.delete(key, only=only)
-        if deleted is not None:
-            files.remove(deleted.path)
-        return deleted, index.totals()
+        self, index: SongIndex, key: str, only: StoredSong | None
+    ) -> tuple[_Removal, tuple[int, int]]:
+        """Delete the row, then the file, holding the song's write lock and its file
+        exclusively; leave it if someone holds either. A crash in between leaves a file without
+        its row, which the next open indexes again if it reads back whole (and evicts again if
+        need be), or deletes."""
+        path = self.songs_dir / files.song_name(key)
+        with locks.claim_song(self.locks_dir, path) as claimed:
+            if not claimed:
+                removal = _Removal.IN_USE
+            elif index.delete(key, only=only) is None:
+                removal = _Removal.GONE
+            else:
+                files.remove(path)
+                removal = _Removal.DELETED
+        return removal, index.totals()
 
     async def _evict(self, *, keep: str | None) -> None:
-        """Delete least recently played entries until the bytes fit in max_bytes, skipping `keep`
-        and songs being read. Call holding `_mutating`."""
-        if self._bytes <= self.max_bytes:
-            return
+        """Delete least recently played entries (of every process) until the bytes the index
+        records fit in max_bytes, skipping `keep` and songs being read or written anywhere.
+        Call holding `_mutating`."""
         try:
             await self._evict_least_played(keep)
         except sqlite3.Error as exc:  # the next commit tries again
             self._index_failed(exc, "evict songs")
 
     async def _evict_least_played(self, keep: str | None) -> None:
-        excess = self._bytes - self.max_bytes
-        victims = []
+        # From the index, not from counters: other processes commit and evict too.
+        self._entries, self._bytes = await self._read(SongIndex.totals)
+        if self._bytes <= self.max_bytes:
+            return
+        in_use = 0
         for song in await self._read(SongIndex.songs):
-            if excess <= 0:
+            if self._bytes <= self.max_bytes:
                 break
             if song.key == keep or song.key in self._reading or song.key in self._writing:
+                in_use += 1
                 continue
-            victims.append(song)
-            excess -= song.size
-        self._doomed.update(song.key for song in victims)
-        try:
-            for song in victims:
-                dropped, (self._entries, self._bytes) = await self._write(
+            self._doomed.add(song.key)
+            try:
+                removal, (self._entries, self._bytes) = await self._write(
                     self._delete, song.key, song
                 )
-                if dropped is not None:
-                    self._evictions += 1
-                    log.info("store: evicted %r (%d bytes)", song.key, song.size)
-        finally:
-            self._doomed.difference_update(song.key for song in victims)
+            finally:
+                self._doomed.discard(song.key)
+            if removal is _Removal.DELETED:
+                self._evictions += 1
+                log.info("store: evicted %r (%d bytes)", song.key, song.size)
+            elif removal is _Removal.IN_USE:  # another process is reading it: the next one
+                in_use += 1
         if self._bytes > self.max_bytes:
-            log.info("store: %d bytes over max_bytes: the rest is being read", excess)
+            log.info(
+                "store: %d bytes over max_bytes: the %d songs left are in use",
+                self._bytes - self.max_bytes,
+                in_use,
+            )
 
     # --- the resolved-metadata cache -----------------------------------------------------------
 
@@ -654,33 +830,37 @@ class ProcessedSongStore:
         self._suspect.clear()  # every file kept was read back in full
         self._index_damaged = False
 
-    async def _rebuild(self) -> RebuildReport:
-        """Index the song files again into a fresh index, which replaces the damaged one.
-        Files that fail a check are deleted. Each file is read in a worker thread of its own, so
-        a cancellation stops between files and leaves the damaged index in place."""
-        listing = await trio.to_thread.run_sync(
-            files.list_songs, self.songs_dir, limiter=self._io_limiter
-        )
-        songs = []
-        for name in sorted(listing.songs):
-            path = self.songs_dir / name
-            song = await trio.to_thread.run_sync(song_from_file, path, limiter=self._io_limiter)
-            if song is None:
-                await trio.to_thread.run_sync(files.remove, path, limiter=self._io_limiter)
-            else:
-                songs.append(song)
-        # The damaged index is closed and the fresh one opened together, with no index call
-        # in flight: shielded, so that a cancellation cannot leave the store without either.
-        with trio.CancelScope(shield=True):
-            async with self._write_limiter, self._read_limiter:
+    async def _rebuild(self) -> RebuildReport | None:
+        """Index the song files again into a fresh index, which replaces the damaged one; None
+        if another process did so meanwhile (this one then opens that). Files that fail a check
+        are deleted. Each file is read in a worker thread of its own, so a cancellation stops
+        between files and leaves the damaged index in place.
+
+        The files are read first, while every process carries on; then, holding the index to
+        ourselves (the gate, exclusively), the files that came or went meanwhile, and the swap.
+        """
+        found, unreadable = await self._index_song_files({})
+        async with self._index_gate(exclusive=True):
+            if self._index_replaced():
+                log.warning("store: another process rebuilt the index: opening it")
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._open_index_file)
+                return None
+            found, late = await self._index_song_files(found)
+            unreadable += late
+            songs = sorted(found.values(), key=lambda song: song.path.name)
+            # The damaged index is closed and the fresh one opened together, with no index call
+            # in flight: shielded, so that a cancellation cannot leave the store without either.
+            with trio.CancelScope(shield=True):
                 damaged, self._index = self._index, None
                 fresh, aside = await trio.to_thread.run_sync(
                     replace_index, self._index_path, self.songs_dir, songs, damaged
                 )
                 self._index = fresh
+                self._index_identity = files.identity(self._index_path)
                 self._entries, self._bytes = await trio.to_thread.run_sync(fresh.totals)
         self._rebuilds += 1
-        self.rebuilt = RebuildReport(len(songs), len(listing.songs) - len(songs), aside)
+        self.rebuilt = RebuildReport(len(songs), unreadable, aside)
         log.warning(
             "store: index rebuilt from the song files: %d songs kept, %d unreadable deleted%s",
             self.rebuilt.songs,
@@ -688,6 +868,34 @@ class ProcessedSongStore:
             f"; the damaged index is now {aside}" if aside is not None else "",
         )
         return self.rebuilt
+
+    async def _index_song_files(
+        self, known: dict[str, StoredSong]
+    ) -> tuple[dict[str, StoredSong], int]:
+        """The rows the song files stand for, by file name: those of `known` whose file is
+        still there, and those of the other files, read in full. Files that fail a check are
+        deleted (unless in use); returns how many too."""
+        listing = await trio.to_thread.run_sync(
+            files.list_songs, self.songs_dir, limiter=self._io_limiter
+        )
+        found = {name: song for name, song in known.items() if name in listing.songs}
+        unreadable = 0
+        for name in sorted(set(listing.songs) - set(found)):
+            song = await trio.to_thread.run_sync(
+                song_from_file, self.songs_dir / name, limiter=self._io_limiter
+            )
+            if song is not None:
+                found[name] = song
+                continue
+            unreadable += 1
+            await trio.to_thread.run_sync(self._remove_song_file, name, limiter=self._io_limiter)
+        return found, unreadable
+
+    def _remove_song_file(self, name: str) -> None:
+        """Delete a song file that holds no song of ours, unless someone holds it (blocking)."""
+        with locks.claim_song(self.locks_dir, self.songs_dir / name) as claimed:
+            if claimed:
+                files.remove(self.songs_dir / name)
 
     # --- statistics ----------------------------------------------------------------------------
 
@@ -716,27 +924,74 @@ class ProcessedSongStore:
     @property
     def _live_index(self) -> SongIndex:
         if self._index is None:
-            if self._lock_fd is not None:  # open, but a rebuild failed half-way
-                raise IndexDamaged(f"the index in {self.directory} could not be rebuilt")
+            if self._lock_fd is not None:  # open, but a rebuild or a re-open failed half-way
+                raise IndexDamaged(f"the index in {self.directory} could not be opened")
             raise RuntimeError(f"the store in {self.directory} is closed")
         return self._index
 
     async def _write(self, function: Callable[[SongIndex, Unpack[Ts]], T], *args: *Ts) -> T:
-        """Run `function(index, *args)` in the index writer's worker thread (one at a time)."""
+        """Run `function(index, *args)` in the index writer's worker thread (one at a time),
+        holding the index gate shared: never while another process swaps the index."""
+        try:
+            return await trio.to_thread.run_sync(
+                self._on_index, True, function, *args, limiter=self._write_limiter
+            )
+        except _IndexReplaced:
+            await self._reopen_index()
         return await trio.to_thread.run_sync(
-            self._on_index, function, *args, limiter=self._write_limiter
+            self._on_index, True, function, *args, limiter=self._write_limiter
         )
 
     async def _read(self, function: Callable[[SongIndex, Unpack[Ts]], T], *args: *Ts) -> T:
         """Run `function(index, *args)` in the index reader's worker thread (one at a time; in
         WAL mode it never waits for a write)."""
+        try:
+            return await trio.to_thread.run_sync(
+                self._on_index, False, function, *args, limiter=self._read_limiter
+            )
+        except _IndexReplaced:
+            await self._reopen_index()
         return await trio.to_thread.run_sync(
-            self._on_index, function, *args, limiter=self._read_limiter
+            self._on_index, False, function, *args, limiter=self._read_limiter
         )
 
-    def _on_index(self, function: Callable[[SongIndex, Unpack[Ts]], T], *args: *Ts) -> T:
+    def _on_index(
+        self, writing: bool, function: Callable[[SongIndex, Unpack[Ts]], T], *args: *Ts
+    ) -> T:
+        if not writing:
+            return self._on_current_index(function, *args)
+        gate = self._gate
+        if gate is None:
+            raise RuntimeError(f"the store in {self.directory} is closed")
+        with gate.shared(WRITE_TIMEOUT):
+            return self._on_current_index(function, *args)
+
+    def _on_current_index(self, function: Callable[[SongIndex, Unpack[Ts]], T], *args: *Ts) -> T:
         # The index is looked up in the thread: a rebuild may have replaced it meanwhile.
-        return function(self._live_index, *args)
+        index = self._live_index
+        if self._index_replaced():  # a stat: about a microsecond
+            raise _IndexReplaced(f"another process swapped in a new {self._index_path}")
+        return function(index, *args)
+
+
+async def _wait_for(attempt: Callable[[], bool], patience: float) -> bool:
+    """Try `attempt` (a lock that never waits) until it succeeds (True) or `patience` seconds
+    have passed (False)."""
+    deadline = trio.current_time() + patience
+    while not attempt():
+        if trio.current_time() >= deadline:
+            return False
+        await trio.sleep(locks.GATE_POLL)
+    return True
+
+
+def _check_held(path: Path) -> FileCheck:
+    """`check_file`, holding the file shared meanwhile (blocking)."""
+    fd = locks.open_shared(path)
+    try:
+        return check_file(path)
+    finally:
+        os.close(fd)
 
 
 def _size_of(path: Path) -> int | None:

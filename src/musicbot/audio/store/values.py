@@ -31,6 +31,10 @@ class StoredSong:
 
 @attrs.frozen
 class StoreStatistics:
+    """A snapshot. `entries` and `bytes` are the index's, shared by every process using the
+    directory, as of this process's last index write (a commit, a play, a drop, an eviction);
+    everything else counts what this process did or is doing."""
+
     entries: int
     bytes: int
     """Bytes of the stored files together."""
@@ -47,13 +51,14 @@ class StoreStatistics:
     disk_full: bool
     """The last write failure was ENOSPC or EDQUOT and no commit has succeeded since."""
     evictions: int
-    """Entries deleted to stay under max_bytes (least recently played first)."""
+    """Entries this process deleted to keep the store (every process's songs) under max_bytes,
+    least recently played first."""
     corrupt_dropped: int
     """Entries dropped because their file was missing, the wrong size, or failed a check."""
     writing: int
-    """Writers open now."""
+    """Writers open now in this process."""
     reading: int
-    """Stored songs being read now."""
+    """Stored songs this process is reading now (or holding for ffmpeg to read)."""
     index_errors: int = 0
     """Index calls that failed (locked by another process, damaged, unreadable): the song
     played on without that bookkeeping (a play count, a resolved query, a stored copy)."""
@@ -76,6 +81,10 @@ class ReconcileReport:
     adopted_files: int = 0
     """Whole song files without a row (a crash between rename and row, an index that lost
     rows), read back in full and indexed again."""
+    left_in_use: int = 0
+    """Temporary files, song files or rows that looked wrong but that a live process (another
+    one sharing the directory) was working on: a write, a commit, a read, a deletion. Left
+    alone; that process finishes the work."""
 
 
 @attrs.frozen
