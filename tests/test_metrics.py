@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
+from musicbot.config import parse_shard_ids
 from musicbot.core.cache import LRUCache
 from musicbot.core.messages import Resolved
 from musicbot.core.supervisor import (
@@ -27,6 +28,8 @@ from musicbot.core.supervisor import (
 from musicbot.metrics import (
     MAX_REQUEST_HEAD,
     MusicbotCollector,
+    ShardPlacement,
+    describe_shard_ids,
     metrics_registry,
     open_metrics_server,
 )
@@ -473,6 +476,72 @@ async def test_the_collector_reads_the_supervisor_on_the_trio_thread_from_any_th
         assert trio_thread_reads == [True, True]
         assert [m.name for m in from_a_thread] == [m.name for m in on_trio]
         assert not any(math.isnan(s.value) for m in on_trio for s in m.samples)
+
+
+SHARD_METRICS = {
+    "musicbot_shard_info": "gauge",
+    "musicbot_shard_count": "gauge",
+    "musicbot_shard_connected": "gauge",
+}
+
+
+async def test_the_shards_this_process_serves_are_exported_with_where_it_runs(
+    autojump_clock: Clock,
+) -> None:
+    placement = ShardPlacement(
+        shard_count=8, shard_ids=(2, 3, 5), connected=frozenset({2, 5}), pid=4242, host="box-1"
+    )
+    rig = Rig()
+    async with rig.supervisor() as sup:
+        text = generate_latest(
+            metrics_registry(sup, process=lambda: PROCESS, shards=lambda: placement)
+        ).decode()
+    types, samples = parse(text)
+    assert types == SUPERVISOR_METRICS | PROCESS_METRICS | SHARD_METRICS
+    shard_samples = {name: value for name, value in samples.items() if "_shard_" in name}
+    assert shard_samples == {
+        'musicbot_shard_info{host="box-1",pid="4242",shards="2-3,5"}': 1,
+        "musicbot_shard_count": 8,
+        'musicbot_shard_connected{shard="2"}': 1,
+        'musicbot_shard_connected{shard="3"}': 0,
+        'musicbot_shard_connected{shard="5"}': 1,
+    }
+
+
+async def test_no_shard_figures_before_the_bot_has_shards(autojump_clock: Clock) -> None:
+    rig = Rig()
+    async with rig.supervisor() as sup:
+        types, _ = parse(
+            generate_latest(
+                metrics_registry(sup, process=lambda: PROCESS, shards=lambda: None)
+            ).decode()
+        )
+    assert types == SUPERVISOR_METRICS | PROCESS_METRICS
+
+
+async def test_the_shards_are_read_on_the_trio_thread_from_any_thread() -> None:
+    rig = Rig()
+    async with rig.supervisor() as sup:
+        trio_thread_reads: list[bool] = []
+
+        def placement() -> ShardPlacement:
+            trio_thread_reads.append(trio.lowlevel.in_trio_run())
+            return ShardPlacement(shard_count=2, shard_ids=(1,), connected=frozenset({1}))
+
+        collector = MusicbotCollector(sup, process=lambda: PROCESS, shards=placement)
+        await trio.to_thread.run_sync(lambda: list(collector.collect()))
+        assert trio_thread_reads == [True]
+
+
+@pytest.mark.parametrize(
+    ("shards", "text"),
+    [((0,), "0"), ((0, 1, 2, 3), "0-3"), ((5, 0, 2, 7, 6), "0,2,5-7"), ((1, 3), "1,3")],
+)
+def test_shard_ids_are_described_as_the_command_line_takes_them(
+    shards: tuple[int, ...], text: str
+) -> None:
+    assert describe_shard_ids(shards) == text
+    assert parse_shard_ids(text) == tuple(sorted(shards))
 
 
 def test_importing_metrics_drags_in_no_asyncio_world() -> None:

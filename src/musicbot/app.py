@@ -11,7 +11,7 @@ import os
 import signal
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,10 @@ from musicbot.core.ports import Resolver
 from musicbot.core.supervisor import ResourceSupervisor, open_supervisor
 from musicbot.dpy.announcer import Announcer
 from musicbot.dpy.bot import MusicBot, open_bot
+from musicbot.dpy.resources import shard_placement
 from musicbot.dpy.voice import DiscordVoices
 from musicbot.memory import HeapKeeper
-from musicbot.metrics import open_metrics_server
+from musicbot.metrics import ShardPlacement, open_metrics_server
 from musicbot.sources.persisted import PersistedResolver
 from musicbot.sources.settings import SourceSettings
 from musicbot.sources.ytdl import YtdlResolver
@@ -101,7 +102,10 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
                     warm_ahead=settings.warm_ahead,
                 ),
             ) as supervisor,
-            open_metrics(settings, supervisor) as metrics_url,
+            # The bot is made later, inside open_bot: the metrics read its shards when scraped.
+            open_metrics(
+                settings, supervisor, shards=lambda: shard_placement(voices.client)
+            ) as metrics_url,
             open_bot(
                 settings, supervisor, announcer, store=store, source=source, voices=voices
             ) as bot,
@@ -120,13 +124,18 @@ async def open_app(settings: Settings, *, resolver: Resolver | None = None) -> A
 
 @asynccontextmanager
 async def open_metrics(
-    settings: Settings, supervisor: ResourceSupervisor
+    settings: Settings,
+    supervisor: ResourceSupervisor,
+    *,
+    shards: Callable[[], ShardPlacement | None] | None = None,
 ) -> AsyncIterator[str | None]:
     """The Prometheus endpoint, when `metrics_port` is set; yields its URL."""
     if settings.metrics_port is None:
         yield None
         return
-    server = open_metrics_server(supervisor, host=settings.metrics_host, port=settings.metrics_port)
+    server = open_metrics_server(
+        supervisor, host=settings.metrics_host, port=settings.metrics_port, shards=shards
+    )
     async with AsyncExitStack() as stack:
         try:  # only binding: an OSError from the body is not the metrics' fault
             running = await stack.enter_async_context(server)
@@ -149,11 +158,8 @@ async def open_song_store(settings: Settings) -> AsyncIterator[ProcessedSongStor
     async with AsyncExitStack() as stack:
         try:  # only opening: nothing the body raises is about the lock
             opened = await stack.enter_async_context(store)
-        except StoreLocked:
-            raise StartupError(
-                f"another musicbot is using the cache directory {settings.cache_dir}; "
-                "give each process its own cache_dir"
-            ) from None
+        except StoreLocked as exc:  # shared by bots: only `cache clear` has it to itself
+            raise StartupError(str(exc)) from None
         except IndexVersionError as exc:
             raise StartupError(
                 f"{exc}: run that musicbot, or give this one another cache_dir"

@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--scenario", metavar="FILE", help="a JSON scenario (see docs/demo.md)")
     demo.add_argument("--json", action="store_true", help="print the transcript as JSON")
     demo.add_argument("--verbose", action="store_true", help="show the bot's log too")
+    demo.add_argument(
+        "--shards",
+        metavar="N",
+        type=_demo_shards,
+        help="run the bot as N `musicbot run` processes, one gateway shard each, sharing one "
+        "song store (see docs/demo.md)",
+    )
 
     check = commands.add_parser("check-config", help="validate settings and print them")
     check.add_argument("--config", metavar="FILE", help="a TOML settings file")
@@ -40,6 +47,20 @@ def _parser() -> argparse.ArgumentParser:
 
     add_cache_commands(commands)
     return parser
+
+
+def _demo_shards(text: str) -> int:
+    from musicbot.demo import MAX_SHARD_PROCESSES
+
+    try:
+        shards = int(text)
+    except ValueError:
+        shards = 0
+    if not 1 <= shards <= MAX_SHARD_PROCESSES:
+        raise argparse.ArgumentTypeError(
+            f"a whole number of processes from 1 to {MAX_SHARD_PROCESSES}, not {text!r}"
+        )
+    return shards
 
 
 def _add_shard_options(command: argparse.ArgumentParser) -> None:
@@ -136,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _fail(str(startup), EXIT_STARTUP)
         from musicbot.demo import demo_command
 
-        return demo_command(args.scenario, as_json=args.json, verbose=args.verbose)
+        return demo_command(
+            args.scenario, as_json=args.json, verbose=args.verbose, shards=args.shards
+        )
     except ConfigError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:

@@ -1,21 +1,25 @@
 """Prometheus metrics: a collector that reads the supervisor's and the process's statistics at
 scrape time, and a small HTTP server on Trio that serves them at `GET /metrics`.
 
-Nothing is counted on the audio path: every figure comes from `supervisor.statistics()` and
-`ProcessMonitor.statistics()` when Prometheus asks. A scrape is rendered in a worker thread (the
-process figures scan the host's process table); only the supervisor snapshot, a few
-microseconds, is taken on the Trio thread, so a scrape never holds up a frame.
+Nothing is counted on the audio path: every figure comes from `supervisor.statistics()`,
+`ProcessMonitor.statistics()` and the bot's shards (a `ShardPlacement`) when Prometheus asks.
+A scrape is rendered in a worker thread (the process figures scan the host's process table);
+only the supervisor and shard snapshots, a few microseconds, are taken on the Trio thread, so
+a scrape never holds up a frame.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import attrs
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -33,6 +37,32 @@ MAX_REQUEST_HEAD = 8 * 1024
 """Bytes a request line and headers may take; a longer head is answered 431."""
 REQUEST_TIMEOUT = 10.0
 """Seconds a client has to send its request head, and then to take the answer."""
+
+
+@attrs.frozen
+class ShardPlacement:
+    """Where this process runs and which of the bot's gateway shards it serves: with several
+    processes, each runs a range of shards, and an operator needs to know which is which."""
+
+    shard_count: int
+    """Gateway shards across all of the bot's processes."""
+    shard_ids: tuple[int, ...]
+    """The shards this process runs, in order."""
+    connected: frozenset[int] = frozenset()
+    """Those of `shard_ids` whose gateway connection is up now."""
+    pid: int = attrs.field(factory=os.getpid)
+    host: str = attrs.field(factory=socket.gethostname)
+
+
+def describe_shard_ids(shard_ids: Iterable[int]) -> str:
+    """`0-3`, `0,2,5-7`: the form `--shard-ids` takes, runs of consecutive shards as ranges."""
+    runs: list[list[int]] = []
+    for shard in sorted(shard_ids):
+        if runs and shard == runs[-1][-1] + 1:
+            runs[-1].append(shard)
+        else:
+            runs.append([shard])
+    return ",".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
 
 
 class StatisticsSource(Protocol):
@@ -56,28 +86,41 @@ class MusicbotCollector:
         supervisor: StatisticsSource,
         *,
         process: Callable[[], ProcessStatistics] | None = None,
+        shards: Callable[[], ShardPlacement | None] | None = None,
     ) -> None:
+        """`shards`: where this process runs and its gateway shards, read on the Trio thread
+        like the supervisor (None while the bot is not connected: no shard figures then)."""
         self._supervisor = supervisor
         self._process = process if process is not None else ProcessMonitor().statistics
+        self._shards = shards
         self._trio_token = trio.lowlevel.current_trio_token()
 
     def collect(self) -> Iterator[Metric]:
         if trio.lowlevel.in_trio_run():
-            stats = self._supervisor.statistics()
-        else:  # the supervisor's state belongs to the Trio thread
-            stats = trio.from_thread.run_sync(
-                self._supervisor.statistics, trio_token=self._trio_token
+            stats, placement = self._read_trio_side()
+        else:  # the supervisor's and the bot's state belong to the Trio thread
+            stats, placement = trio.from_thread.run_sync(
+                self._read_trio_side, trio_token=self._trio_token
             )
         yield from _supervisor_metrics(stats)
+        if placement is not None:
+            yield from _shard_metrics(placement)
         yield from _process_metrics(self._process())
+
+    def _read_trio_side(self) -> tuple[SupervisorStatistics, ShardPlacement | None]:
+        placement = self._shards() if self._shards is not None else None
+        return self._supervisor.statistics(), placement
 
 
 def metrics_registry(
-    supervisor: StatisticsSource, *, process: Callable[[], ProcessStatistics] | None = None
+    supervisor: StatisticsSource,
+    *,
+    process: Callable[[], ProcessStatistics] | None = None,
+    shards: Callable[[], ShardPlacement | None] | None = None,
 ) -> CollectorRegistry:
     """A registry of its own (not prometheus-client's global one) holding a MusicbotCollector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MusicbotCollector(supervisor, process=process))
+    registry.register(MusicbotCollector(supervisor, process=process, shards=shards))
     return registry
 
 
@@ -192,6 +235,31 @@ def _supervisor_metrics(stats: SupervisorStatistics) -> Iterator[Metric]:
         stats.uptime,
         unit="seconds",
     )
+
+
+def _shard_metrics(placement: ShardPlacement) -> Iterator[Metric]:
+    info = GaugeMetricFamily(
+        "musicbot_shard_info",
+        "Where this process runs and the gateway shards it serves, as labels (always 1).",
+        labels=["host", "pid", "shards"],
+    )
+    info.add_metric(
+        [placement.host, str(placement.pid), describe_shard_ids(placement.shard_ids)], 1
+    )
+    yield info
+    yield _gauge(
+        "musicbot_shard_count",
+        "Gateway shards across all of the bot's processes (shard_count).",
+        placement.shard_count,
+    )
+    connected = GaugeMetricFamily(
+        "musicbot_shard_connected",
+        "Each shard this process runs: 1 while its gateway connection is up, 0 while not.",
+        labels=["shard"],
+    )
+    for shard in placement.shard_ids:
+        connected.add_metric([str(shard)], shard in placement.connected)
+    yield connected
 
 
 def _process_metrics(process: ProcessStatistics) -> Iterator[Metric]:
@@ -316,14 +384,16 @@ async def open_metrics_server(
     host: str = "127.0.0.1",
     port: int = 0,
     process: Callable[[], ProcessStatistics] | None = None,
+    shards: Callable[[], ShardPlacement | None] | None = None,
 ) -> AsyncIterator[MetricsServer]:
-    """Serve `supervisor`'s and this process's metrics at http://host:port/metrics.
+    """Serve `supervisor`'s and this process's metrics at http://host:port/metrics, with the
+    gateway shards `shards()` says this process serves.
 
     `host` is an address or a name; the server binds the first address it resolves to. Port 0
     picks a free port: read it from `server.port`. Leaving the block closes the listener and every
     open connection; no task outlives it.
     """
-    registry = metrics_registry(supervisor, process=process)
+    registry = metrics_registry(supervisor, process=process, shards=shards)
     listener = await _listen(host, port)
     bound_host, bound_port = listener.socket.getsockname()[:2]
     server = MetricsServer(registry, bound_host, bound_port)

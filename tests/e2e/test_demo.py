@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
-from musicbot.demo import BUILTIN_SCENARIO, ScenarioError, load_scenario, run_scenario
+from musicbot.demo import (
+    BUILTIN_SCENARIO,
+    BUILTIN_SHARDED_SCENARIO,
+    ScenarioError,
+    load_scenario,
+    run_scenario,
+)
+
+SHARDED_DEMO_TIMEOUT = 180
+"""Seconds for `demo --shards 2`: two cold bot processes on a loaded 2-core machine, then
+about 10 s of scenario."""
 
 
 async def test_the_builtin_scenario_works_and_hears_each_guild() -> None:
@@ -118,3 +130,69 @@ def test_a_missing_scenario_file_exits_2(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().endswith("none.json does not exist")
     assert "Traceback" not in done.stderr
+
+
+def test_the_sharded_demo_serves_each_guild_from_its_own_process_and_shares_the_store() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "musicbot", "demo", "--shards", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=SHARDED_DEMO_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    transcript = json.loads(done.stdout)
+    assert transcript["ok"], transcript
+    served = transcript["served_by"]
+    assert sorted(served[guild]["shard"] for guild in ("1", "2")) == [0, 1]
+    pids = {served[guild]["pid"] for guild in ("1", "2")}
+    assert len(pids) == 2
+    resources = [s for s in transcript["steps"] if s["command"] == "resources"]
+    assert len(resources) == 3
+    for step in resources:
+        guild = str(BUILTIN_SHARDED_SCENARIO["steps"][step["index"] - 1]["guild"])
+        shard, pid = served[guild]["shard"], served[guild]["pid"]
+        where = step["embeds"][0]["fields"]["Process"].splitlines()[0]
+        assert re.fullmatch(
+            rf"pid {pid} on host \S+ · shard {shard} of 2 · this server is on shard {shard}", where
+        ), where
+    # Guild 2 played the song guild 1's process had stored: from the store they share.
+    store = resources[-1]["embeds"][0]["fields"]["Song store"]
+    hit_rate = re.search(r"hit rate (\d+)%", store)
+    assert hit_rate and int(hit_rate.group(1)) > 0, store
+    assert transcript["audio"]["1"]["dominant_hz"] == pytest.approx(440, abs=5)
+    assert transcript["audio"]["2"]["seconds"] >= 5.0
+    assert not [pid for pid in pids if psutil.pid_exists(pid)]  # both processes are gone
+
+
+def test_a_sharded_demo_whose_processes_cannot_start_says_why_in_one_line(
+    tmp_path: Path,
+) -> None:
+    scenario = tmp_path / "no-ffmpeg.json"
+    scenario.write_text(
+        json.dumps({"guilds": 2, "settings": {"ffmpeg_path": str(tmp_path / "none")}, "steps": []})
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "musicbot", "demo", "--shards", "2", "--scenario", str(scenario)],
+        capture_output=True,
+        text=True,
+        timeout=SHARDED_DEMO_TIMEOUT,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert re.fullmatch(
+        r"musicbot: the process for shard [01] of 2 exited \(1\) while starting: "
+        r"ffmpeg not found.*",
+        done.stderr.strip(),
+    ), done.stderr
+
+
+@pytest.mark.parametrize("shards", ["0", "9", "two"])
+def test_the_number_of_demo_processes_is_checked(shards: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "musicbot", "demo", "--shards", shards],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "argument --shards: a whole number of processes from 1 to 8" in done.stderr

@@ -10,6 +10,7 @@ from musicbot.audio.store import StoreStatistics
 from musicbot.audio.stored import SourceStatistics
 from musicbot.core.supervisor import CleanupReport, SupervisorStatistics
 from musicbot.dpy.render import COLOUR
+from musicbot.metrics import ShardPlacement, describe_shard_ids
 from musicbot.process import ProcessStatistics
 
 FRAMES_PER_SECOND = 50
@@ -54,6 +55,35 @@ def describe_cleanup(report: CleanupReport) -> str:
     )
 
 
+def shard_placement(client: discord.Client | None) -> ShardPlacement | None:
+    """This process and the shards `client` runs; None before it has started any."""
+    if not isinstance(client, discord.AutoShardedClient) or client.shard_count is None:
+        return None
+    shards = client.shards
+    configured = client.shard_ids
+    shard_ids = tuple(sorted(configured if configured is not None else shards))
+    if not shard_ids:
+        return None
+    connected = frozenset(shard for shard, info in shards.items() if not info.is_closed())
+    return ShardPlacement(shard_count=client.shard_count, shard_ids=shard_ids, connected=connected)
+
+
+def describe_placement(placement: ShardPlacement, *, guild_shard: int | None = None) -> str:
+    """`pid 1234 on host box · shards 0-1 of 4 · this server is on shard 1`"""
+    plural = "s" if len(placement.shard_ids) > 1 else ""
+    text = (
+        f"pid {placement.pid} on host {discord.utils.escape_markdown(placement.host)} · "
+        f"shard{plural} {describe_shard_ids(placement.shard_ids)} of {placement.shard_count}"
+    )
+    if guild_shard is not None:
+        text += f" · this server is on shard {guild_shard}"
+    down = [shard for shard in placement.shard_ids if shard not in placement.connected]
+    if down:
+        text += f" · **not connected: shard{'s' if len(down) > 1 else ''} "
+        text += f"{describe_shard_ids(down)}**"
+    return text
+
+
 def resources_embed(
     stats: SupervisorStatistics,
     process: ProcessStatistics,
@@ -62,9 +92,13 @@ def resources_embed(
     visible: Callable[[int], bool],
     store: StoreStatistics | None = None,
     source: SourceStatistics | None = None,
+    placement: ShardPlacement | None = None,
+    guild_shard: int | None = None,
 ) -> discord.Embed:
     """`visible(guild_id)`: whether this viewer may see that guild by name (an owner sees all;
-    a server's admin sees their own server, and the rest only as totals)."""
+    a server's admin sees their own server, and the rest only as totals). `placement` and
+    `guild_shard` (the viewer's server's shard) open the "Process" field: with the bot spread
+    over processes, which one answered."""
     embed = discord.Embed(title="Resources", colour=COLOUR)
     embed.add_field(
         name="Voice connections",
@@ -124,14 +158,15 @@ def resources_embed(
             inline=False,
         )
     cpu = "?" if process.cpu_percent is None else f"{process.cpu_percent:.1f} %"
-    embed.add_field(
-        name="Process",
-        value=f"memory {_mib(process.resident_memory_bytes)} · CPU {cpu} · "
+    figures = (
+        f"memory {_mib(process.resident_memory_bytes)} · CPU {cpu} · "
         f"{_known(process.open_fds)} open files · {_known(process.threads)} threads · "
         f"{_known(process.children)} child processes ({_known(process.ffmpeg_children)} ffmpeg)"
-        f" · up {_duration(process.uptime_seconds or stats.uptime)}",
-        inline=False,
+        f" · up {_duration(process.uptime_seconds or stats.uptime)}"
     )
+    if placement is not None:
+        figures = describe_placement(placement, guild_shard=guild_shard) + "\n" + figures
+    embed.add_field(name="Process", value=figures, inline=False)
     playing = [p for p in stats.players if p.state.value == "playing"]
     sent = sum(p.frames_sent_last_minute for p in stats.players)
     missing = sum(p.frames_missing_last_minute for p in stats.players)
