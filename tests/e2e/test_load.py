@@ -327,7 +327,7 @@ async def spam_commands(
             spam.refused[name] += 1
 
 
-@pytest.mark.slow
+@pytest.mark.realtime
 async def test_ten_guilds_play_in_real_time_under_command_spam_with_nothing_missing(
     media_cache: Path, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
