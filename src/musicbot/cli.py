@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 from musicbot.config import TOKEN_ENV, ConfigError, StartupError, load_settings
 
@@ -118,16 +119,24 @@ def run_command(config: str | None, overrides: Mapping[str, str] | None = None) 
     return 0
 
 
-def _startup_error(exc: BaseException) -> StartupError | None:
-    """The StartupError inside `exc`, however deep in exception groups (nurseries wrap)."""
-    if isinstance(exc, StartupError):
+E = TypeVar("E", bound=BaseException)
+
+
+def find_exception(exc: BaseException, kind: type[E]) -> E | None:
+    """The `kind` exception that is `exc` or inside it, however deep in exception groups
+    (nurseries wrap what they raise)."""
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _startup_error(inner)
+            found = find_exception(inner, kind)
             if found is not None:
                 return found
     return None
+
+
+def _startup_error(exc: BaseException) -> StartupError | None:
+    return find_exception(exc, StartupError)
 
 
 def check_config_command(config: str | None, overrides: Mapping[str, str] | None = None) -> int:

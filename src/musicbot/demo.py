@@ -18,6 +18,7 @@ from typing import IO, Any
 import attrs
 import trio
 
+from musicbot.cli import find_exception
 from musicbot.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -469,18 +470,6 @@ async def _wait_serving(world: ShardedWorld) -> None:
         raise ShardedDemoError(failures[0])
 
 
-def _sharded_demo_error(exc: BaseException) -> ShardedDemoError | None:
-    """The ShardedDemoError inside `exc`, however deep in exception groups (nurseries wrap)."""
-    if isinstance(exc, ShardedDemoError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _sharded_demo_error(inner)
-            if found is not None:
-                return found
-    return None
-
-
 @asynccontextmanager
 async def open_sharded_world(
     guilds: int, shards: int, settings: Mapping[str, Any], *, verbose: bool
@@ -594,7 +583,7 @@ def demo_command(
                 )
             )
         except BaseException as exc:
-            problem = _sharded_demo_error(exc)
+            problem = find_exception(exc, ShardedDemoError)
             if problem is None:
                 raise
             print(f"musicbot: {problem}", file=sys.stderr)
