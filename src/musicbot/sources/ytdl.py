@@ -176,6 +176,7 @@ class GuardedYoutubeDL(yt_dlp.YoutubeDL):  # type: ignore[misc]  # yt-dlp ships 
         try:
             self._musicbot_check(new)
         except ResolveError as refusal:
+            fp.close()  # urllib closes it only when it follows the redirect
             raise RedirectRefused(refusal) from None
         return follow(req, fp, code, msg, headers, new)
 
