@@ -191,15 +191,17 @@ async def _cold_play(env: LoopbackBot, dj: _Dj, url: str) -> float:
     return seconds
 
 
-async def _store_play(env: LoopbackBot, dj: _Dj, url: str) -> float:
+async def _store_play(env: LoopbackBot, dj: _Dj, url: str, *, joining: bool = True) -> float:
+    """A stored song, checked to come from the store with no request to the media server; the
+    bot leaves after it (`joining`), or stays in voice and stops it."""
     played = env.app.source.statistics().played_from_store
     requests = env.media.statistics().requests
-    seconds = await dj.first_audio(url)
+    seconds = await dj.first_audio(url, joining=joining)
     if env.app.source.statistics().played_from_store != played + 1:
         raise BenchError(f"{url} did not play from the store")
     if env.media.statistics().requests != requests:
         raise BenchError(f"{url} played from the store, yet the media server was asked")
-    await dj.leave()
+    await (dj.leave() if joining else dj.stop())
     return seconds
 
 
@@ -209,18 +211,6 @@ async def _cold_play_in_voice(env: LoopbackBot, dj: _Dj, url: str) -> float:
     seconds = await dj.first_audio(url, joining=False)
     if env.app.source.statistics().transcoded_from_network != transcoded + 1:
         raise BenchError(f"{url} was not transcoded from the media server")
-    await dj.stop()
-    return seconds
-
-
-async def _store_play_in_voice(env: LoopbackBot, dj: _Dj, url: str) -> float:
-    played = env.app.source.statistics().played_from_store
-    requests = env.media.statistics().requests
-    seconds = await dj.first_audio(url, joining=False)
-    if env.app.source.statistics().played_from_store != played + 1:
-        raise BenchError(f"{url} did not play from the store")
-    if env.media.statistics().requests != requests:
-        raise BenchError(f"{url} played from the store, yet the media server was asked")
     await dj.stop()
     return seconds
 
@@ -238,7 +228,7 @@ async def _musicbot(plays: int, media_cache: Path) -> tuple[dict[str, list[float
         stored = [await _store_play(env, dj, url) for url in urls]
         await dj.join()
         cold_in_voice = [await _cold_play_in_voice(env, dj, url) for url in never_seen]
-        stored_in_voice = [await _store_play_in_voice(env, dj, url) for url in urls]
+        stored_in_voice = [await _store_play(env, dj, url, joining=False) for url in urls]
         await dj.leave()
     return {
         COLD: cold,

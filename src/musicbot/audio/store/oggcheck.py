@@ -18,7 +18,9 @@ import attrs
 
 from musicbot.audio.ogg import CAPTURE_PATTERN, HEADER_SIZE, OggError, OggOpusDemuxer
 from musicbot.audio.store.crc import page_checksum
+from musicbot.audio.store.oggwrite import OPUS_SAMPLE_RATE
 from musicbot.audio.store.toc import packet_samples
+from musicbot.audio.store.values import StoredSong
 
 CHUNK_SIZE = 64 * 1024
 """Bytes read from disk at a time."""
@@ -146,6 +148,21 @@ class FileCheck:
     samples: int
     pre_skip: int
     sha256: str
+
+    def song(self, key: str, path: Path, *, title: str, at: float) -> StoredSong:
+        """The index row of a file this check found whole, committed (and last played) `at`."""
+        return StoredSong(
+            key=key,
+            path=path,
+            title=title,
+            duration=self.samples / OPUS_SAMPLE_RATE,
+            size=self.size,
+            packets=self.packets,
+            created=at,
+            last_played=at,
+            play_count=1,
+            checksum=self.sha256,
+        )
 
 
 def check_file(path: Path, *, chunk_size: int = CHUNK_SIZE) -> FileCheck:

@@ -26,7 +26,6 @@ from musicbot.audio.ogg import OggError
 from musicbot.audio.store import files
 from musicbot.audio.store.index import SongIndex
 from musicbot.audio.store.oggcheck import check_file, read_comments
-from musicbot.audio.store.oggwrite import OPUS_SAMPLE_RATE
 from musicbot.audio.store.values import StoredSong
 
 log = logging.getLogger(__name__)
@@ -51,18 +50,7 @@ def song_from_file(path: Path) -> StoredSong | None:
     if not key or files.song_name(key) != path.name:
         log.warning("store: %s does not hold the song its tags name (%r)", path.name, key)
         return None
-    return StoredSong(
-        key=key,
-        path=path,
-        title=comments.get("TITLE", ""),
-        duration=check.samples / OPUS_SAMPLE_RATE,
-        size=check.size,
-        packets=check.packets,
-        created=modified,
-        last_played=modified,
-        play_count=1,
-        checksum=check.sha256,
-    )
+    return check.song(key, path, title=comments.get("TITLE", ""), at=modified)
 
 
 def replace_index(

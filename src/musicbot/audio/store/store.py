@@ -55,7 +55,7 @@ from musicbot.audio.store.errors import IndexBusy, IndexDamaged, StoredSongError
 from musicbot.audio.store.index import WRITE_TIMEOUT, SongIndex, is_damaged
 from musicbot.audio.store.keys import track_key
 from musicbot.audio.store.oggcheck import FileCheck, check_file
-from musicbot.audio.store.oggwrite import DEFAULT_PRE_SKIP, OPUS_SAMPLE_RATE, OggOpusWriter
+from musicbot.audio.store.oggwrite import DEFAULT_PRE_SKIP, OggOpusWriter
 from musicbot.audio.store.reader import StoredStream, open_stored_stream
 from musicbot.audio.store.rebuild import replace_index, song_from_file
 from musicbot.audio.store.reconcile import reconcile
@@ -494,18 +494,7 @@ class ProcessedSongStore:
         """Move a verified file into place and index it."""
         async with self._mutating:
             now = self._clock()
-            song = StoredSong(
-                key=key,
-                path=self.songs_dir / files.song_name(key),
-                title=title,
-                duration=check.samples / OPUS_SAMPLE_RATE,
-                size=check.size,
-                packets=check.packets,
-                created=now,
-                last_played=now,
-                play_count=1,
-                checksum=check.sha256,
-            )
+            song = check.song(key, self.songs_dir / files.song_name(key), title=title, at=now)
             # Rename, then the row: a crash in between leaves a whole file without its row, which
             # the next open indexes again. Shielded so a cancellation cannot stop in between.
             with trio.CancelScope(shield=True):
