@@ -76,7 +76,7 @@ class Bot:
     def ffmpeg(self) -> list[psutil.Process]:
         assert self.process is not None
         children = psutil.Process(self.process.pid).children(recursive=True)
-        return [child for child in children if "ffmpeg" in child.name()]
+        return [child for child in children if "ffmpeg" in child.name() and _alive(child)]
 
     async def stop(self, signum: signal.Signals) -> tuple[int, float]:
         """Send `signum`; returns (exit code, seconds until the process was gone)."""
@@ -346,3 +346,12 @@ async def test_a_really_full_disk_mid_song_plays_on_and_is_shown(
     log = bot.log()
     assert "No space left on device" in log
     assert "Traceback" not in log
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Running, not an ffmpeg that has exited and is waiting for the bot to reap it (a zombie
+    holds no audio, no pipe and no memory; the bot reaps it at its stream's next read)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
